@@ -1,0 +1,153 @@
+"""A pipeline runner that runs a local command: the embedded default, for laptops, demos and tests.
+
+Each run gets a directory `<state_dir>/<run_id>/`. Creating its `started` marker is atomic, so a run is
+launched at most once, even across restarts. A small shell wrapper writes the command's exit status to a file
+when it ends, so the outcome survives a controller restart; a run whose process is gone without leaving
+one is reported `lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping
+
+from controller.ports import PipelineError, PipelineRef, PipelineRequest, PipelineStatus
+
+# Runs the command, then records its status atomically. $1 is the run directory; the rest is the command.
+_WRAPPER = 'dir="$1"; shift; echo $$ > "$dir/pid.tmp" && mv "$dir/pid.tmp" "$dir/pid"; "$@" > "$dir/log" 2>&1; ' \
+    'rc=$?; echo "$rc" > "$dir/exit.tmp" && mv "$dir/exit.tmp" "$dir/exit"'
+# A wrapper that has not written its pid yet after this long is not coming.
+_START_GRACE_S = 30.0
+
+
+class CommandRunner:
+    def __init__(
+        self,
+        command: list[str],
+        state_dir: Path,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
+    ):
+        self.command = list(command)
+        self.state_dir = Path(state_dir)
+        self.env = dict(env or {})
+        self.workdir = workdir
+        self._children: set[asyncio.Task[int]] = set()
+
+    def _dir(self, run_id: str) -> Path:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise PipelineError(f"bad run id {run_id!r}", permanent=True)
+        return self.state_dir / run_id
+
+    async def find(self, request: PipelineRequest) -> PipelineRef | None:
+        d = self._dir(request.run_id)
+        return PipelineRef(id=f"cmd-{request.run_id}") if (d / "started").exists() else None
+
+    async def trigger(self, request: PipelineRequest) -> PipelineRef:
+        d = self._dir(request.run_id)
+        ref = PipelineRef(id=f"cmd-{request.run_id}")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "started").mkdir()
+        except FileExistsError:
+            return ref  # launched before (we crashed after launching, or lost a race): never twice
+        except OSError as exc:
+            raise PipelineError(f"cannot prepare {d}: {exc.strerror}") from exc
+        env = {**os.environ, **self.env, **_variables(request)}
+        (d / "request.json").write_text(json.dumps({k: v for k, v in env.items() if k.startswith("RETRAIN_")}))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", _WRAPPER, "retrain-pipeline", str(d), *self.command,
+                env=env,
+                cwd=self.workdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # a pipeline outlives a controller restart, like a GitLab pipeline does
+            )  # fmt: skip
+        except OSError as exc:
+            (d / "exit").write_text("127\n")
+            raise PipelineError(f"cannot start {self.command[0]}: {exc.strerror}", permanent=True) from exc
+        task = asyncio.create_task(proc.wait())  # reap the child so it never lingers as a zombie
+        self._children.add(task)
+        task.add_done_callback(self._children.discard)
+        return ref
+
+    async def status(self, ref: PipelineRef) -> PipelineStatus:
+        d = self._dir(ref.id.removeprefix("cmd-"))
+        exit_file = d / "exit"
+        if exit_file.exists():
+            code = exit_file.read_text().strip()
+            if code == "0":
+                return PipelineStatus("success")
+            return PipelineStatus("failed", f"command exited with status {code}{_tail(d / 'log')}")
+        pid = _read_pid(d / "pid")
+        if pid is not None and _alive(pid):
+            return PipelineStatus("running")
+        started = d / "started"
+        if pid is None and started.exists() and _age_s(started) < _START_GRACE_S:
+            return PipelineStatus("running")
+        return PipelineStatus("lost", "the command's process is gone and left no exit status")
+
+    async def cancel(self, ref: PipelineRef) -> None:
+        pid = _read_pid(self._dir(ref.id.removeprefix("cmd-")) / "pid")
+        if pid is not None and _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    async def aclose(self) -> None:
+        for task in list(self._children):
+            task.cancel()
+
+
+def _variables(request: PipelineRequest) -> dict[str, str]:
+    return {
+        "RETRAIN_RUN_ID": request.run_id,
+        "RETRAIN_MODEL": request.model,
+        "RETRAIN_REASONS": ",".join(request.reasons),
+        "RETRAIN_ALERTS": json.dumps(request.alerts, separators=(",", ":")),
+        **request.variables,
+    }
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if sys.platform.startswith("linux"):
+        try:  # a zombie has exited; it only waits to be reaped
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return state != "Z"
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def _age_s(path: Path) -> float:
+    return datetime.now(timezone.utc).timestamp() - path.stat().st_mtime
+
+
+def _tail(path: Path, limit: int = 400) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return f"; last output: {text[-limit:]}" if text else ""

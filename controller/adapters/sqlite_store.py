@@ -1,0 +1,471 @@
+"""SQLite store: WAL, one connection on one worker thread (the single writer), schema migrations by user_version.
+
+Every write is one `BEGIN IMMEDIATE` transaction; a notification, its decisions and the runs they start commit
+together or not at all. Lock, disk-full and read-only errors surface as StoreUnavailable (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from controller.core.alerts import Alert, format_ts, parse_ts
+from controller.core.policy import Decision, Kind, ModelState, PolicyState
+from controller.core.runs import Phase, Run, Transition
+from controller.ports import NotificationRecord, StoreUnavailable
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        status TEXT NOT NULL,
+        truncated_alerts INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX notifications_received ON notifications(received_at);
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        notification_id INTEGER NOT NULL REFERENCES notifications(id) ON DELETE CASCADE,
+        received_at TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        episode TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        alertname TEXT NOT NULL,
+        status TEXT NOT NULL,
+        starts_at TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        annotations TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        model TEXT,
+        reason TEXT,
+        run_id TEXT,
+        until TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX decisions_model ON decisions(model, id);
+    CREATE INDEX decisions_run ON decisions(run_id);
+    CREATE INDEX decisions_notification ON decisions(notification_id);
+    CREATE INDEX decisions_received ON decisions(received_at);
+    CREATE TABLE episodes (
+        episode TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        first_seen_at TEXT NOT NULL
+    );
+    CREATE INDEX episodes_run ON episodes(run_id);
+    CREATE TABLE runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        model TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        phase_entered_at TEXT NOT NULL,
+        deadline_at TEXT,
+        ended_at TEXT,
+        cause TEXT NOT NULL,
+        dry_run INTEGER NOT NULL,
+        pipeline_id TEXT,
+        pipeline_url TEXT,
+        image TEXT,
+        extra TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_model_created ON runs(model, created_at);
+    CREATE INDEX runs_model_ended ON runs(model, ended_at);
+    CREATE INDEX runs_live ON runs(phase) WHERE ended_at IS NULL;
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        from_phase TEXT,
+        to_phase TEXT NOT NULL,
+        cause TEXT NOT NULL
+    );
+    CREATE INDEX transitions_run ON transitions(run_id, id);
+    CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
+    """,
+]
+
+# SQLite's limit on bound parameters is 999 on old builds; stay well below it.
+_CHUNK = 500
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else format_ts(value)
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else parse_ts(value)
+
+
+class SqliteStore:
+    def __init__(self, path: Path, busy_timeout: timedelta = timedelta(seconds=5), synchronous: str = "full"):
+        self.path = Path(path)
+        self.busy_timeout_ms = int(busy_timeout.total_seconds() * 1000)
+        self.synchronous = synchronous.upper()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreUnavailable(f"{self.path}: could not switch to WAL (journal_mode={mode})")
+        db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        db.execute("PRAGMA foreign_keys = ON")
+        self._db = db
+        self._migrate(db)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreUnavailable(
+                f"{self.path}: schema version {version} is newer than this controller knows ({len(MIGRATIONS)})"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._close)
+        self._pool.shutdown(wait=True)
+
+    def _close(self) -> None:
+        assert self._db is not None
+        self._db.execute("PRAGMA optimize")
+        self._db.close()
+        self._db = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except sqlite3.OperationalError as exc:
+            # locked, disk full, read-only, I/O error: not durable, and the caller must say so
+            raise StoreUnavailable(f"store: {exc}") from exc
+
+    def _tx(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        assert db is not None, "store is not open"
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(db)
+            db.execute("COMMIT")
+            return result
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # ---- health ---------------------------------------------------------------------------------------------
+
+    async def check_writable(self) -> None:
+        """A real write, with a short lock wait, so /readyz tells the truth about disk and locks."""
+
+        def probe(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, datetime('now'))")
+
+        def run() -> None:
+            assert self._db is not None
+            self._db.execute("PRAGMA busy_timeout = 250")
+            try:
+                self._tx(probe)
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+
+        await self._call(run)
+
+    # ---- intake ---------------------------------------------------------------------------------------------
+
+    async def policy_state(
+        self, episodes: list[str], models: list[str], now: datetime, window_start: datetime, dry_run: bool
+    ) -> PolicyState:
+        return await self._call(self._policy_state, episodes, models, window_start, dry_run)
+
+    def _policy_state(
+        self, episodes: list[str], models: list[str], window_start: datetime, dry_run: bool
+    ) -> PolicyState:
+        db = self._db
+        assert db is not None
+        handled: dict[str, str] = {}
+        unique = list(dict.fromkeys(episodes))
+        for i in range(0, len(unique), _CHUNK):
+            part = unique[i : i + _CHUNK]
+            marks = ",".join("?" * len(part))
+            for row in db.execute(f"SELECT episode, run_id FROM episodes WHERE episode IN ({marks})", part):
+                handled[row[0]] = row[1]
+        states = {}
+        for model in models:
+            live = db.execute(
+                "SELECT id FROM runs WHERE model = ? AND ended_at IS NULL ORDER BY seq LIMIT 1", (model,)
+            ).fetchone()
+            ended = db.execute(
+                "SELECT MAX(ended_at) FROM runs WHERE model = ? AND dry_run = ?", (model, int(dry_run))
+            ).fetchone()[0]
+            starts = db.execute(
+                "SELECT created_at FROM runs WHERE model = ? AND dry_run = ? AND created_at > ?",
+                (model, int(dry_run), _ts(window_start)),
+            ).fetchall()
+            states[model] = ModelState(
+                live_run=live[0] if live else None,
+                last_ended_at=_dt(ended),
+                recent_starts=tuple(parse_ts(r[0]) for r in starts),
+            )
+        active = db.execute(
+            "SELECT COUNT(*) FROM runs WHERE ended_at IS NULL AND phase != ?", (Phase.QUEUED.value,)
+        ).fetchone()[0]
+        return PolicyState(models=states, active_runs=active, handled=handled)
+
+    async def record_notification(
+        self,
+        record: NotificationRecord,
+        alerts: list[Alert],
+        decisions: list[Decision],
+        new_runs: list[tuple[Run, Transition]],
+    ) -> int:
+        return await self._call(self._tx, lambda db: self._record(db, record, alerts, decisions, new_runs))
+
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        record: NotificationRecord,
+        alerts: list[Alert],
+        decisions: list[Decision],
+        new_runs: list[tuple[Run, Transition]],
+    ) -> int:
+        at = _ts(record.received_at)
+        cur = db.execute(
+            "INSERT INTO notifications (received_at, group_key, receiver, status, truncated_alerts, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (at, record.group_key, record.receiver, record.status, record.truncated_alerts, record.body),
+        )
+        notification_id = int(cur.lastrowid or 0)
+        for run, t in new_runs:
+            if t.from_phase is None:
+                self._insert_run(db, run)
+            else:
+                self._update_run(db, run, t.from_phase)
+            self._insert_transition(db, t)
+        rows = []
+        for d in decisions:
+            a = alerts[d.index]
+            rows.append(
+                (
+                    notification_id, at, d.index, d.episode, a.fingerprint, a.alertname, a.status,
+                    _ts(a.startsAt), json.dumps(a.labels, sort_keys=True), json.dumps(a.annotations, sort_keys=True),
+                    d.kind.value, d.model, d.reason, d.run_id, _ts(d.until), d.detail,
+                )
+            )  # fmt: skip
+        db.executemany(
+            "INSERT INTO decisions (notification_id, received_at, position, episode, fingerprint, alertname, status,"
+            " starts_at, labels, annotations, decision, model, reason, run_id, until, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        for d in decisions:
+            if d.kind in (Kind.ACCEPTED, Kind.QUEUED, Kind.JOINED) and d.run_id and d.model:
+                db.execute(
+                    "INSERT OR IGNORE INTO episodes (episode, run_id, model, first_seen_at) VALUES (?, ?, ?, ?)",
+                    (d.episode, d.run_id, d.model, at),
+                )
+            if d.kind is Kind.JOINED and d.run_id and d.reason:
+                self._add_reason(db, d.run_id, d.reason)
+        return notification_id
+
+    def _add_reason(self, db: sqlite3.Connection, run_id: str, reason: str) -> None:
+        row = db.execute("SELECT reasons FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return
+        reasons = json.loads(row[0])
+        if reason not in reasons:
+            db.execute("UPDATE runs SET reasons = ? WHERE id = ?", (json.dumps(reasons + [reason]), run_id))
+
+    # ---- runs -----------------------------------------------------------------------------------------------
+
+    def _insert_run(self, db: sqlite3.Connection, run: Run) -> None:
+        db.execute(
+            "INSERT INTO runs (id, model, phase, trigger, reasons, created_at, phase_entered_at, deadline_at,"
+            " ended_at, cause, dry_run, pipeline_id, pipeline_url, image, extra)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run.id, run.model, run.phase.value, run.trigger, json.dumps(list(run.reasons)),
+                _ts(run.created_at), _ts(run.phase_entered_at), _ts(run.deadline_at), _ts(run.ended_at),
+                run.cause, int(run.dry_run), run.pipeline_id, run.pipeline_url, run.image,
+                json.dumps(dict(run.extra), sort_keys=True),
+            ),
+        )  # fmt: skip
+
+    def _update_run(self, db: sqlite3.Connection, run: Run, expected: Phase) -> bool:
+        # Reasons are not written here: joins add them concurrently, and a stale copy must not erase them.
+        cur = db.execute(
+            "UPDATE runs SET phase = ?, phase_entered_at = ?, deadline_at = ?, ended_at = ?, cause = ?,"
+            " pipeline_id = ?, pipeline_url = ?, image = ?, extra = ? WHERE id = ? AND phase = ?",
+            (
+                run.phase.value, _ts(run.phase_entered_at), _ts(run.deadline_at), _ts(run.ended_at), run.cause,
+                run.pipeline_id, run.pipeline_url, run.image, json.dumps(dict(run.extra), sort_keys=True),
+                run.id, expected.value,
+            ),
+        )  # fmt: skip
+        return cur.rowcount == 1
+
+    def _insert_transition(self, db: sqlite3.Connection, t: Transition) -> None:
+        db.execute(
+            "INSERT INTO transitions (run_id, at, from_phase, to_phase, cause) VALUES (?, ?, ?, ?, ?)",
+            (t.run_id, _ts(t.at), t.from_phase.value if t.from_phase else None, t.to_phase.value, t.cause),
+        )
+
+    async def apply(self, run: Run, transition: Transition) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            assert transition.from_phase is not None
+            if not self._update_run(db, run, transition.from_phase):
+                return False
+            self._insert_transition(db, transition)
+            return True
+
+        return await self._call(self._tx, body)
+
+    async def update_run(self, run: Run) -> bool:
+        return await self._call(self._tx, lambda db: self._update_run(db, run, run.phase))
+
+    async def get_run(self, run_id: str) -> Run | None:
+        rows = await self._call(self._query, "SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    async def runs_in(self, phases: frozenset[Phase]) -> list[Run]:
+        marks = ",".join("?" * len(phases))
+        rows = await self._call(
+            self._query, f"SELECT * FROM runs WHERE phase IN ({marks}) ORDER BY seq", tuple(p.value for p in phases)
+        )
+        return [_run(r) for r in rows]
+
+    # ---- reads ----------------------------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        assert self._db is not None
+        return self._db.execute(sql, tuple(params)).fetchall()
+
+    async def list_runs(self, limit: int, model: str | None = None, phase: str | None = None) -> list[Run]:
+        where, params = [], []
+        if model:
+            where.append("model = ?")
+            params.append(model)
+        if phase:
+            where.append("phase = ?")
+            params.append(phase)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._call(self._query, f"SELECT * FROM runs {clause} ORDER BY seq DESC LIMIT ?", (*params, limit))
+        return [_run(r) for r in rows]
+
+    async def history(self, run_id: str) -> list[Transition]:
+        rows = await self._call(self._query, "SELECT * FROM transitions WHERE run_id = ? ORDER BY id", (run_id,))
+        return [
+            Transition(
+                run_id=r["run_id"],
+                at=parse_ts(r["at"]),
+                from_phase=Phase(r["from_phase"]) if r["from_phase"] else None,
+                to_phase=Phase(r["to_phase"]),
+                cause=r["cause"],
+            )
+            for r in rows
+        ]
+
+    async def list_decisions(
+        self, limit: int, model: str | None = None, run_id: str | None = None
+    ) -> list[dict[str, object]]:
+        where, params = [], []
+        if model:
+            where.append("model = ?")
+            params.append(model)
+        if run_id:
+            where.append("run_id = ?")
+            params.append(run_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._call(
+            self._query,
+            "SELECT id, notification_id, received_at, episode, fingerprint, alertname, status, starts_at, labels,"
+            f" annotations, decision, model, reason, run_id, until, detail FROM decisions {clause}"
+            " ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["labels"] = json.loads(item["labels"])
+            item["annotations"] = json.loads(item["annotations"])
+            out.append(item)
+        return out
+
+    async def counts_by_phase(self) -> dict[str, int]:
+        rows = await self._call(self._query, "SELECT phase, COUNT(*) FROM runs GROUP BY phase")
+        return {r[0]: r[1] for r in rows}
+
+    async def count(self, table: str) -> int:
+        if table not in ("notifications", "decisions", "runs", "transitions", "episodes"):
+            raise ValueError(table)
+        rows = await self._call(self._query, f"SELECT COUNT(*) FROM {table}")
+        return int(rows[0][0])
+
+    async def prune(self, before: datetime) -> int:
+        """Drop notifications and decisions older than `before`, and episodes of runs that ended before it."""
+
+        def body(db: sqlite3.Connection) -> int:
+            cutoff = _ts(before)
+            n = db.execute("DELETE FROM decisions WHERE received_at < ?", (cutoff,)).rowcount
+            db.execute("DELETE FROM notifications WHERE received_at < ?", (cutoff,))
+            db.execute(
+                "DELETE FROM episodes WHERE first_seen_at < ? AND run_id IN"
+                " (SELECT id FROM runs WHERE ended_at IS NOT NULL AND ended_at < ?)",
+                (cutoff, cutoff),
+            )
+            return n
+
+        return await self._call(self._tx, body)
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(
+        id=row["id"],
+        model=row["model"],
+        phase=Phase(row["phase"]),
+        created_at=parse_ts(row["created_at"]),
+        phase_entered_at=parse_ts(row["phase_entered_at"]),
+        deadline_at=_dt(row["deadline_at"]),
+        trigger=row["trigger"],
+        reasons=tuple(json.loads(row["reasons"])),
+        ended_at=_dt(row["ended_at"]),
+        cause=row["cause"],
+        dry_run=bool(row["dry_run"]),
+        pipeline_id=row["pipeline_id"],
+        pipeline_url=row["pipeline_url"],
+        image=row["image"],
+        extra=json.loads(row["extra"]),
+    )

@@ -1,0 +1,101 @@
+"""The only wiring place: builds adapters, the controller, routes and background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+from aiohttp import web
+
+from controller import __version__
+from controller.adapters.clock import SystemClock
+from controller.adapters.command_runner import CommandRunner
+from controller.adapters.sqlite_store import SqliteStore
+from controller.config import Settings
+from controller.observability import Metrics, get_logger
+from controller.ports import Clock, PipelineRunner
+from controller.service import Controller
+from controller.web import alerts, api, health
+from controller.web.common import CTX, WebContext, json_errors, request_metrics
+
+CONTROLLER = web.AppKey("controller", Controller)
+HOUSEKEEPING_INTERVAL_S = 3600.0
+
+
+@dataclass
+class Adapters:
+    store: Any  # SqliteStore or anything with the same faces
+    runners: Mapping[str, PipelineRunner]
+    clock: Clock
+
+
+def build_adapters(settings: Settings) -> Adapters:
+    store = SqliteStore(settings.store.path, settings.store.busy_timeout, settings.store.synchronous)
+    state_dir = settings.store.path.parent / "pipelines"
+    runners: dict[str, PipelineRunner] = {}
+    for m in settings.models:
+        if m.pipeline.runner == "command":
+            runners[m.name] = CommandRunner(m.pipeline.command, state_dir, m.pipeline.env, m.pipeline.workdir)
+    return Adapters(store=store, runners=runners, clock=SystemClock())
+
+
+def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Metrics | None = None) -> web.Application:
+    adapters = adapters or build_adapters(settings)
+    metrics = metrics or Metrics()
+    metrics.info.labels(version=__version__, dry_run=str(settings.policy.dry_run).lower()).set(1)
+    controller = Controller(
+        policy=settings.policy_config(),
+        deadlines=settings.policy.deadlines,
+        store=adapters.store,
+        runners=adapters.runners,
+        clock=adapters.clock,
+        metrics=metrics,
+        dry_run=settings.policy.dry_run,
+    )
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[request_metrics(metrics), json_errors],
+    )
+    app[CTX] = WebContext(settings=settings, controller=controller, store=adapters.store, metrics=metrics)
+    app[CONTROLLER] = controller
+    app.router.add_post("/api/v1/alerts", alerts.post_alerts)
+    app.router.add_get("/api/v1/models", api.list_models)
+    app.router.add_get("/api/v1/runs", api.list_runs)
+    app.router.add_get("/api/v1/runs/{run_id}", api.get_run)
+    app.router.add_get("/api/v1/alerts", api.list_alerts)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/", api.index)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        log = get_logger()
+        await adapters.store.open()
+        log.info("store_opened", path=str(settings.store.path), dry_run=settings.policy.dry_run)
+        loop = asyncio.create_task(controller.run_loop(settings.policy.tick_interval.total_seconds()))
+        housekeeping = asyncio.create_task(_housekeeping(controller, settings))
+        yield
+        for task in (loop, housekeeping):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for runner in adapters.runners.values():
+            close = getattr(runner, "aclose", None)
+            if close is not None:
+                await close()
+        await adapters.store.close()
+        log.info("store_closed")
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _housekeeping(controller: Controller, settings: Settings) -> None:
+    while True:
+        try:
+            await controller.prune(settings.store.retention)
+        except Exception:
+            get_logger().exception("housekeeping_failed")
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)

@@ -1,0 +1,310 @@
+"""One Settings model: a YAML file, then env overrides, then secrets from env or files. Validated once."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from controller.core.durations import format_duration, parse_duration
+from controller.core.matchers import parse_matcher
+from controller.core.policy import ModelPolicy, PolicyConfig, Route
+from controller.core.runs import LIVE, Phase
+
+ENV_PREFIX = "RETRAIN_CONTROLLER_"
+SECRET_NAMES = ("alertmanager_token", "admin_token", "callback_secret", "gitlab_token", "gitlab_webhook_token")
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    external_url: str = ""  # how pipelines reach us; defaults to http://host:port
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreSettings(_Strict):
+    path: Path = Path("var/retrain-controller.db")
+    busy_timeout: Duration = timedelta(seconds=5)
+    synchronous: Literal["full", "normal"] = "full"
+    retention: Duration = timedelta(days=30)
+
+
+def _default_deadlines() -> dict[Phase, timedelta]:
+    return {
+        Phase.QUEUED: timedelta(hours=24),
+        Phase.TRIGGERING: timedelta(minutes=15),
+        Phase.TRAINING: timedelta(hours=6),
+        Phase.DEPLOYING: timedelta(minutes=30),
+        Phase.ANALYZING: timedelta(hours=3),
+        Phase.PROMOTING: timedelta(minutes=30),
+        Phase.ROLLING_BACK: timedelta(minutes=30),
+    }
+
+
+class PolicySettings(_Strict):
+    cooldown: Duration = timedelta(hours=6)
+    daily_budget: int = Field(default=3, ge=1)
+    max_concurrent_runs: int = Field(default=2, ge=1)
+    dry_run: bool = False
+    tick_interval: Duration = timedelta(seconds=5)
+    deadlines: dict[Phase, Duration] = Field(default_factory=_default_deadlines)
+
+    @field_validator("deadlines")
+    @classmethod
+    def _live_phases_only(cls, value: dict[Phase, timedelta]) -> dict[Phase, timedelta]:
+        bad = [p for p in value if p not in LIVE]
+        if bad:
+            raise ValueError(f"deadlines only apply to live phases, not {', '.join(bad)}")
+        return {**_default_deadlines(), **value}
+
+
+class GitlabSettings(_Strict):
+    url: str = "https://gitlab.example.com"
+    timeout: Duration = timedelta(seconds=30)
+
+
+class PrometheusSettings(_Strict):
+    url: str = "http://127.0.0.1:9090"
+    timeout: Duration = timedelta(seconds=10)
+
+
+class KubernetesSettings(_Strict):
+    kubeconfig: Path | None = None  # None: in-cluster config
+
+
+class RuleSettings(_Strict):
+    alertname: str | None = None
+    matchers: list[str] = Field(default_factory=list)
+    reason: str = Field(default="", pattern=r"^[a-z0-9_.-]*$", max_length=64)
+    notify_only: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> "RuleSettings":
+        if self.alertname is None and not self.matchers:
+            raise ValueError("a rule needs `alertname` or `matchers`")
+        if not self.notify_only and not self.reason:
+            raise ValueError("a rule needs a `reason` unless it is `notify_only`")
+        for m in self.matchers:
+            parse_matcher(m)
+        return self
+
+    def all_matchers(self) -> list[str]:
+        named = [f"alertname={_quote(self.alertname)}"] if self.alertname is not None else []
+        return named + self.matchers
+
+
+class PipelineSettings(_Strict):
+    runner: Literal["command"] = "command"
+    command: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: Path | None = None
+
+    @model_validator(mode="after")
+    def _runnable(self) -> "PipelineSettings":
+        if self.runner == "command" and not self.command:
+            raise ValueError("the command runner needs `command` (a list: program and arguments)")
+        return self
+
+
+class ModelSettings(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+    matchers: list[str]
+    rules: list[RuleSettings]
+    cooldown: Duration | None = None
+    daily_budget: int | None = Field(default=None, ge=1)
+    pipeline: PipelineSettings
+
+    @field_validator("matchers")
+    @classmethod
+    def _matchers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a model needs at least one matcher, e.g. model=\"recsys\"")
+        for m in value:
+            parse_matcher(m)
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, value: list[RuleSettings]) -> list[RuleSettings]:
+        if not value:
+            raise ValueError("a model needs at least one rule mapping an alert to a reason")
+        return value
+
+
+class Secrets(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    alertmanager_token: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    callback_secret: SecretStr | None = None
+    gitlab_token: SecretStr | None = None
+    gitlab_webhook_token: SecretStr | None = None
+
+    def values(self) -> list[str]:
+        """Every configured secret, for redaction and for tests that prove none leaks."""
+        return [s.get_secret_value() for s in (getattr(self, n) for n in SECRET_NAMES) if s is not None]
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    policy: PolicySettings = PolicySettings()
+    gitlab: GitlabSettings = GitlabSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    models: list[ModelSettings]
+    secrets: Secrets = Field(default=Secrets(), exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> "Settings":
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique: {', '.join(dupes)}")
+        return self
+
+    def model(self, name: str) -> ModelSettings | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(
+            models=tuple(
+                ModelPolicy(
+                    name=m.name,
+                    matchers=tuple(parse_matcher(x) for x in m.matchers),
+                    routes=tuple(
+                        Route(tuple(parse_matcher(x) for x in r.all_matchers()), r.reason, r.notify_only)
+                        for r in m.rules
+                    ),
+                    cooldown=m.cooldown if m.cooldown is not None else self.policy.cooldown,
+                    daily_budget=m.daily_budget if m.daily_budget is not None else self.policy.daily_budget,
+                )
+                for m in self.models
+            ),
+            max_concurrent=self.policy.max_concurrent_runs,
+        )
+
+
+class ConfigError(Exception):
+    """Every problem found, one readable line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """RETRAIN_CONTROLLER__SERVER__PORT=9000 sets server.port; values are YAML scalars."""
+    prefix = ENV_PREFIX + "_"
+    for key, raw in sorted(env.items()):
+        if not key.startswith(prefix):
+            continue
+        path = [p.lower() for p in key[len(prefix) :].split("__")]
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+    return data
+
+
+def load_secrets(env: Mapping[str, str]) -> tuple[Secrets, list[str]]:
+    found: dict[str, str] = {}
+    problems = []
+    for name in SECRET_NAMES:
+        var = ENV_PREFIX + name.upper()
+        if env.get(var):
+            found[name] = env[var]
+        elif env.get(var + "_FILE"):
+            path = Path(env[var + "_FILE"])
+            try:
+                value = path.read_text().strip()
+            except OSError as exc:
+                problems.append(f"{var}_FILE: cannot read {path}: {exc.strerror}")
+                continue
+            if not value:
+                problems.append(f"{var}_FILE: {path} is empty")
+                continue
+            found[name] = value
+    return Secrets(**found), problems  # type: ignore[arg-type]
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    elif err["type"] == "string_pattern_mismatch":
+        msg = f"{err.get('input')!r} does not match {err['ctx']['pattern']}"
+    return f"{loc}: {msg}"
+
+
+def load_settings(path: Path | str | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, override and validate; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    if not path:
+        raise ConfigError([f"no config file: pass --config PATH or set {ENV_PREFIX}CONFIG"])
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    if "secrets" in data:
+        raise ConfigError(["secrets: not allowed in the config file; use environment variables or *_FILE"])
+    data = _env_overrides(data, env)
+    secrets, problems = load_secrets(env)
+    settings = None
+    try:
+        settings = Settings(**data, secrets=secrets)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()] + problems
+    problems += _missing_secrets(secrets)
+    if problems:
+        raise ConfigError(problems)
+    assert settings is not None
+    return settings
+
+
+def _missing_secrets(secrets: Secrets) -> list[str]:
+    problems = []
+    if secrets.alertmanager_token is None:
+        problems.append(
+            f"secret missing: {ENV_PREFIX}ALERTMANAGER_TOKEN (or ..._FILE): Alertmanager must authenticate"
+        )
+    return problems

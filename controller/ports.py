@@ -1,0 +1,119 @@
+"""The seams between the use cases and the outside world. Adapters implement these; tests use real ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping, Protocol
+
+from controller.core.alerts import Alert
+from controller.core.policy import Decision, PolicyState
+from controller.core.runs import Phase, Run, Transition
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class StoreUnavailable(Exception):
+    """The store could not make a write durable (locked, disk full, read-only). Callers answer 503."""
+
+
+@dataclass(frozen=True)
+class NotificationRecord:
+    received_at: datetime
+    body: str
+    group_key: str
+    receiver: str
+    status: str
+    truncated_alerts: int
+
+
+class IntakeStore(Protocol):
+    async def policy_state(
+        self, episodes: list[str], models: list[str], now: datetime, window_start: datetime, dry_run: bool
+    ) -> PolicyState: ...
+
+    async def record_notification(
+        self,
+        record: NotificationRecord,
+        alerts: list[Alert],
+        decisions: list[Decision],
+        new_runs: list[tuple[Run, Transition]],
+    ) -> int: ...
+
+    async def prune(self, before: datetime) -> int:
+        """Forget notifications and decisions older than `before`; returns how many decisions went."""
+        ...
+
+
+class RunStore(Protocol):
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    async def runs_in(self, phases: frozenset[Phase]) -> list[Run]: ...
+
+    async def apply(self, run: Run, transition: Transition) -> bool:
+        """Save a transition if the stored run is still in `transition.from_phase`; False if it moved on."""
+        ...
+
+    async def update_run(self, run: Run) -> bool:
+        """Save fields of a run whose phase did not change (pipeline ref, image); False if the phase moved."""
+        ...
+
+
+class ReadStore(Protocol):
+    async def list_runs(self, limit: int, model: str | None = None, phase: str | None = None) -> list[Run]: ...
+
+    async def history(self, run_id: str) -> list[Transition]: ...
+
+    async def list_decisions(
+        self, limit: int, model: str | None = None, run_id: str | None = None
+    ) -> list[dict[str, object]]: ...
+
+    async def counts_by_phase(self) -> dict[str, int]: ...
+
+
+class PipelineError(Exception):
+    """A pipeline call failed. `permanent` ones fail the run; others are retried on a later tick."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class PipelineRequest:
+    run_id: str
+    model: str
+    reasons: tuple[str, ...]
+    created_at: datetime
+    alerts: list[dict[str, object]] = field(default_factory=list)
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineRef:
+    id: str
+    web_url: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    state: str  # running, success, failed, canceled, lost
+    detail: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+
+class PipelineRunner(Protocol):
+    async def find(self, request: PipelineRequest) -> PipelineRef | None:
+        """The pipeline already started for this run, if any (how we stay at exactly one per run)."""
+        ...
+
+    async def trigger(self, request: PipelineRequest) -> PipelineRef: ...
+
+    async def status(self, ref: PipelineRef) -> PipelineStatus: ...
+
+    async def cancel(self, ref: PipelineRef) -> None: ...

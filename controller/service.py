@@ -1,0 +1,302 @@
+"""Use cases over the ports: take a notification, and drive live runs one step per tick."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterator, Mapping
+
+from controller.core.alerts import Alert, Notification, format_ts
+from controller.core.policy import Decision, PolicyConfig, decide, rate_limit, runs_to_start
+from controller.core.runs import LIVE, Phase, Run, Transition, new_run, overdue, transition
+from controller.observability import Metrics, get_logger
+from controller.ports import (
+    Clock,
+    IntakeStore,
+    NotificationRecord,
+    PipelineError,
+    PipelineRef,
+    PipelineRequest,
+    PipelineRunner,
+    ReadStore,
+    RunStore,
+    StoreUnavailable,
+)
+
+
+class Store(IntakeStore, RunStore, ReadStore):  # type: ignore[misc]
+    """What the controller needs of a store, all three faces."""
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        policy: PolicyConfig,
+        deadlines: Mapping[Phase, timedelta],
+        store: Store,
+        runners: Mapping[str, PipelineRunner],
+        clock: Clock,
+        metrics: Metrics,
+        dry_run: bool = False,
+        new_id: Callable[[], str] = new_run_id,
+    ):
+        self.policy = policy
+        self.deadlines = deadlines
+        self.store = store
+        self.runners = runners
+        self.clock = clock
+        self.metrics = metrics
+        self.dry_run = dry_run
+        self.new_id = new_id
+        self.log = get_logger()
+        # One writer: decisions read state and write it back; nothing may interleave between the two.
+        self._lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+
+    # ---- intake -------------------------------------------------------------------------------------------
+
+    async def handle_notification(self, notification: Notification, body: str) -> list[Decision]:
+        """Decide every alert and make notification, decisions and new runs durable in one transaction.
+
+        Raises StoreUnavailable when that write fails: nothing was acknowledged, Alertmanager will retry.
+        """
+        alerts = notification.alerts
+        async with self._lock:
+            now = self.clock.now()
+            state = await self.store.policy_state(
+                episodes=[a.episode for a in alerts],
+                models=[m.name for m in self.policy.models],
+                now=now,
+                window_start=now - self.policy.budget_window,
+                dry_run=self.dry_run,
+            )
+            decisions, _ = decide(alerts, state, now, self.policy, _ids(self.new_id))
+            new_runs = self._runs_for(decisions, alerts, now)
+            record = NotificationRecord(
+                received_at=now,
+                body=body,
+                group_key=notification.groupKey,
+                receiver=notification.receiver,
+                status=notification.status,
+                truncated_alerts=notification.truncatedAlerts,
+            )
+            try:
+                await self.store.record_notification(record, alerts, decisions, new_runs)
+            except StoreUnavailable:
+                self.metrics.store_errors.inc()
+                raise
+        for d, a in zip(decisions, alerts):
+            self.metrics.alerts.labels(model=d.model or "none", decision=d.kind.value).inc()
+            self.log.info(
+                "alert_decided",
+                decision=d.kind.value,
+                model=d.model,
+                reason=d.reason,
+                run_id=d.run_id,
+                fingerprint=a.fingerprint,
+                alertname=a.alertname,
+                starts_at=format_ts(a.startsAt),
+                detail=d.detail,
+            )
+        for run, _t in new_runs:
+            self._count_transition(run)
+        if any(d.starts_run for d in decisions):
+            self.wake.set()
+        return decisions
+
+    def _runs_for(self, decisions: list[Decision], alerts: list[Alert], now: datetime) -> list[tuple[Run, Transition]]:
+        made: list[tuple[Run, Transition]] = []
+        for d in decisions:
+            if not d.starts_run:
+                continue
+            assert d.run_id is not None and d.model is not None
+            reasons = tuple(dict.fromkeys(x.reason for x in decisions if x.run_id == d.run_id and x.reason))
+            phase = Phase.QUEUED if d.kind.value == "queued" else Phase.TRIGGERING
+            alert = alerts[d.index]
+            cause = f"{d.kind.value}: {alert.alertname or 'alert'} ({d.reason})"
+            run, t = new_run(d.run_id, d.model, phase, reasons, now, self.deadlines, cause, dry_run=self.dry_run)
+            if self.dry_run:
+                # Dry run: the decision and its rate-limit consequences are real, the pipeline is not.
+                made.append((run, t))
+                run, t = transition(run, Phase.CANCELED, "dry run: no pipeline was started", now, self.deadlines)
+            made.append((run, t))
+        return made
+
+    # ---- reconcile loop -------------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One step for every live run. Safe to call at any time, after any crash: it starts from the store."""
+        with self.metrics.ticks.time():
+            for run in await self.store.runs_in(LIVE):
+                try:
+                    await self._step(run)
+                except StoreUnavailable:
+                    self.metrics.store_errors.inc()
+                    self.log.error("store_unavailable", run_id=run.id, model=run.model)
+                except Exception:  # one broken run must not stop the others
+                    self.log.exception("step_failed", run_id=run.id, model=run.model)
+            await self._start_queued()
+            self.metrics.set_run_counts(await self.store.counts_by_phase())
+
+    async def _step(self, run: Run) -> None:
+        now = self.clock.now()
+        late = overdue(run, now)
+        if late is not None:
+            to, cause = late
+            if run.pipeline_id and run.phase in (Phase.TRIGGERING, Phase.TRAINING):
+                await self._cancel_pipeline(run)
+            await self._move(run, to, cause)
+            return
+        if run.phase is Phase.TRIGGERING:
+            await self._trigger(run)
+        elif run.phase is Phase.TRAINING:
+            await self._follow(run)
+
+    async def _start_queued(self) -> None:
+        async with self._lock:
+            live = await self.store.runs_in(LIVE)
+            active = sum(1 for r in live if r.phase.active)
+            queued = [r for r in live if r.phase is Phase.QUEUED]  # arrival order from the store
+            start = set(runs_to_start([r.id for r in queued], active, self.policy.max_concurrent))
+            for run in queued:
+                if run.id in start:
+                    await self._move_locked(run, Phase.TRIGGERING, "a concurrency slot freed up")
+
+    def _request(self, run: Run) -> PipelineRequest:
+        return PipelineRequest(run_id=run.id, model=run.model, reasons=run.reasons, created_at=run.created_at)
+
+    async def _trigger(self, run: Run) -> None:
+        runner = self.runners.get(run.model)
+        if runner is None:
+            await self._move(run, Phase.FAILED, f"no pipeline runner configured for model {run.model}")
+            return
+        request = self._request(run)
+        try:
+            ref = await runner.find(request)
+            how = "found the pipeline already started for this run"
+            if ref is None:
+                ref = await runner.trigger(request)
+                how = "pipeline started"
+        except PipelineError as exc:
+            self.metrics.pipeline_errors.labels(model=run.model, kind="permanent" if exc.permanent else "transient").inc()
+            if exc.permanent:
+                await self._move(run, Phase.FAILED, f"pipeline could not be started: {exc}")
+            else:
+                self.log.warning("pipeline_trigger_retry", run_id=run.id, model=run.model, error=str(exc))
+            return
+        cause = f"{how}: {ref.id}"
+        await self._move(run, Phase.TRAINING, cause, pipeline_id=ref.id, pipeline_url=ref.web_url)
+
+    async def _follow(self, run: Run) -> None:
+        runner = self.runners.get(run.model)
+        if runner is None or run.pipeline_id is None:
+            await self._move(run, Phase.FAILED, "training run has no pipeline to follow")
+            return
+        try:
+            status = await runner.status(PipelineRef(run.pipeline_id, run.pipeline_url))
+        except PipelineError as exc:
+            self.metrics.pipeline_errors.labels(model=run.model, kind="status").inc()
+            self.log.warning("pipeline_status_retry", run_id=run.id, model=run.model, error=str(exc))
+            return
+        if not status.finished:
+            return
+        if status.state == "success":
+            if run.image:
+                await self._move(run, Phase.DEPLOYING, f"pipeline succeeded with image {run.image}")
+            else:
+                await self._move(run, Phase.FAILED, "pipeline succeeded without reporting an image")
+            return
+        detail = f": {status.detail}" if status.detail else ""
+        await self._move(run, Phase.FAILED, f"pipeline {status.state}{detail}")
+
+    async def _cancel_pipeline(self, run: Run) -> None:
+        runner = self.runners.get(run.model)
+        if runner is None or run.pipeline_id is None:
+            return
+        try:
+            await runner.cancel(PipelineRef(run.pipeline_id, run.pipeline_url))
+        except PipelineError as exc:
+            self.log.warning("pipeline_cancel_failed", run_id=run.id, model=run.model, error=str(exc))
+
+    async def _move(self, run: Run, to: Phase, cause: str, **changes: Any) -> bool:
+        async with self._lock:
+            return await self._move_locked(run, to, cause, **changes)
+
+    async def _move_locked(self, run: Run, to: Phase, cause: str, **changes: Any) -> bool:
+        updated, t = transition(run, to, cause, self.clock.now(), self.deadlines, **changes)
+        if not await self.store.apply(updated, t):
+            self.log.info("transition_skipped", run_id=run.id, model=run.model, to=to.value, why="run moved on")
+            return False
+        self._count_transition(updated)
+        log = self.log.warning if to is Phase.FAILED else self.log.info
+        log("run_transition", run_id=run.id, model=run.model, from_phase=run.phase.value, phase=to.value, cause=cause)
+        if to.terminal:
+            self.wake.set()  # a slot may have freed up for a queued run
+        return True
+
+    def _count_transition(self, run: Run) -> None:
+        self.metrics.transitions.labels(model=run.model, phase=run.phase.value).inc()
+
+    async def prune(self, retention: timedelta) -> int:
+        async with self._lock:
+            removed = await self.store.prune(self.clock.now() - retention)
+        if removed:
+            self.log.info("store_pruned", decisions=removed, retention_s=retention.total_seconds())
+        return removed
+
+    async def model_overview(self) -> list[dict[str, Any]]:
+        """Per model: live run, and what the rate limits allow right now."""
+        now = self.clock.now()
+        state = await self.store.policy_state(
+            episodes=[],
+            models=[m.name for m in self.policy.models],
+            now=now,
+            window_start=now - self.policy.budget_window,
+            dry_run=self.dry_run,
+        )
+        out = []
+        for m in self.policy.models:
+            ms = state.models[m.name]
+            live = await self.store.get_run(ms.live_run) if ms.live_run else None
+            limit = rate_limit(m, ms, now, self.policy.budget_window)
+            used = sum(1 for t in ms.recent_starts if t > now - self.policy.budget_window)
+            out.append(
+                {
+                    "name": m.name,
+                    "live_run": {"id": live.id, "phase": live.phase.value} if live else None,
+                    "rate_limited": {"by": limit[0], "until": format_ts(limit[1])} if limit else None,
+                    "cooldown_s": m.cooldown.total_seconds(),
+                    "daily_budget": m.daily_budget,
+                    "runs_in_window": used,
+                    "last_ended_at": format_ts(ms.last_ended_at) if ms.last_ended_at else None,
+                }
+            )
+        return out
+
+    async def run_loop(self, interval: float) -> None:
+        """The reconcile loop: a tick on every wake-up, and at least every `interval` seconds."""
+        while True:
+            self.wake.clear()
+            try:
+                await self.tick()
+            except StoreUnavailable:
+                self.metrics.store_errors.inc()
+                self.log.error("store_unavailable", where="tick")
+            except Exception:
+                self.log.exception("tick_failed")
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _ids(make: Callable[[], str]) -> Iterator[str]:
+    while True:
+        yield make()
+

@@ -1,0 +1,88 @@
+"""POST /api/v1/alerts: the Alertmanager webhook. Authenticate, validate, persist, then answer."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from controller.core.alerts import Notification, format_ts
+from controller.ports import StoreUnavailable
+from controller.web.common import CTX, bearer_ok, error, json_ok
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["loc"] == ("version",) and e["type"] == "literal_error":
+            msg = f"unsupported version {e.get('input')!r}: only version \"4\" of the webhook payload is supported"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        out.append({"field": loc, "message": msg})
+    return out
+
+
+async def post_alerts(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    metrics = ctx.metrics
+    expected = ctx.settings.secrets.alertmanager_token
+    if not bearer_ok(request, expected.get_secret_value() if expected else None):
+        metrics.notifications.labels(outcome="unauthorized").inc()
+        return error(401, "unauthorized", "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+    if request.content_type != "application/json":
+        metrics.notifications.labels(outcome="unsupported_media_type").inc()
+        return error(415, "unsupported media type", f"expected application/json, got {request.content_type!r}")
+    limit = ctx.settings.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        metrics.notifications.labels(outcome="too_large").inc()
+        return error(413, "body too large", f"the limit is {limit} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.notifications.labels(outcome="too_large").inc()
+        return error(413, "body too large", f"the limit is {limit} bytes")
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        metrics.notifications.labels(outcome="invalid").inc()
+        return error(400, "malformed JSON", str(exc))
+    if not isinstance(data, dict):
+        metrics.notifications.labels(outcome="invalid").inc()
+        return error(400, "invalid payload", [{"field": "(body)", "message": "expected a JSON object"}])
+    try:
+        notification = Notification.model_validate(data)
+    except ValidationError as exc:
+        metrics.notifications.labels(outcome="invalid").inc()
+        return error(400, "invalid payload", _field_errors(exc))
+    try:
+        decisions = await ctx.controller.handle_notification(notification, text)
+    except StoreUnavailable as exc:
+        metrics.notifications.labels(outcome="store_unavailable").inc()
+        # 5xx makes Alertmanager retry; the retry is recognised as the same episode.
+        return error(503, "could not record the notification", str(exc), {"Retry-After": "5"})
+    metrics.notifications.labels(outcome="recorded").inc()
+    alerts = notification.alerts
+    return json_ok(
+        {
+            "summary": dict(Counter(d.kind.value for d in decisions)),
+            "alerts": [
+                {
+                    "fingerprint": alerts[d.index].fingerprint,
+                    "alertname": alerts[d.index].alertname,
+                    "status": alerts[d.index].status,
+                    "decision": d.kind.value,
+                    "model": d.model,
+                    "reason": d.reason,
+                    "run_id": d.run_id,
+                    "until": format_ts(d.until) if d.until else None,
+                    "detail": d.detail,
+                }
+                for d in decisions
+            ],
+        }
+    )
