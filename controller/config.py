@@ -264,6 +264,8 @@ def _describe(err: dict[str, Any]) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     elif err["type"] == "string_pattern_mismatch":

@@ -33,11 +33,13 @@ class CommandRunner:
         state_dir: Path,
         env: Mapping[str, str] | None = None,
         workdir: Path | None = None,
+        start_grace_s: float = _START_GRACE_S,
     ):
         self.command = list(command)
         self.state_dir = Path(state_dir)
         self.env = dict(env or {})
         self.workdir = workdir
+        self.start_grace_s = start_grace_s
         self._children: set[asyncio.Task[int]] = set()
 
     def _dir(self, run_id: str) -> Path:
@@ -90,13 +92,17 @@ class CommandRunner:
         pid = _read_pid(d / "pid")
         if pid is not None and _alive(pid):
             return PipelineStatus("running")
+        if (d / "canceled").exists():
+            return PipelineStatus("canceled", "the command was stopped")
         started = d / "started"
-        if pid is None and started.exists() and _age_s(started) < _START_GRACE_S:
+        if pid is None and started.exists() and _age_s(started) < self.start_grace_s:
             return PipelineStatus("running")
         return PipelineStatus("lost", "the command's process is gone and left no exit status")
 
     async def cancel(self, ref: PipelineRef) -> None:
-        pid = _read_pid(self._dir(ref.id.removeprefix("cmd-")) / "pid")
+        d = self._dir(ref.id.removeprefix("cmd-"))
+        (d / "canceled").touch()  # SIGTERM takes the wrapper too, so it cannot record the outcome itself
+        pid = _read_pid(d / "pid")
         if pid is not None and _alive(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)

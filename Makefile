@@ -1,0 +1,50 @@
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= examples/local.yaml
+
+.PHONY: run test deps test-deps lint bench clean
+
+$(BIN)/python:
+	sh tests/infra/install-system-deps.sh base
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.deps: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.deps
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.deps
+
+test-deps: $(VENV)/.test-deps
+	sh tests/infra/install-system-deps.sh test
+
+## run: the controller with examples/local.yaml (a token is made for you unless one is set)
+run: deps
+	@mkdir -p var
+	@if [ -z "$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE" ] && [ ! -s var/alertmanager-token ]; then \
+		$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > var/alertmanager-token; \
+		chmod 600 var/alertmanager-token; fi
+	@if [ -z "$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE" ]; then \
+		echo "Alertmanager bearer token: in var/alertmanager-token"; fi
+	RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE=$${RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE:-var/alertmanager-token} \
+		$(BIN)/retrain-controller serve --config $(CONFIG)
+
+## test: installs what the tests need (Debian packages, Python deps), checks layering, runs every test
+test: test-deps
+	$(BIN)/lint-imports
+	$(BIN)/pytest
+
+lint: $(VENV)/.test-deps
+	$(BIN)/lint-imports
+
+## bench: figures for the README (by hand; not part of the test run)
+bench: deps
+	$(BIN)/python bench/intake.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache *.egg-info

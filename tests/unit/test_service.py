@@ -1,0 +1,225 @@
+"""The use cases driven tick by tick: fake clock, scripted runner, real SQLite store on disk."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from controller.adapters.sqlite_store import SqliteStore
+from controller.config import load_settings
+from controller.core.alerts import Notification
+from controller.core.runs import Phase, Transition
+from controller.observability import Metrics
+from controller.ports import PipelineError
+from controller.service import Controller
+from tests.conftest import SECRETS_ENV, write_config
+from tests.fakes.clock import FakeClock
+from tests.fakes.runner import ScriptedRunner
+from tests.unit.payloads import am_alert, notification
+
+
+class World:
+    """A controller over a store that outlives it, so tests can restart it."""
+
+    def __init__(self, tmp_path: Path, extra_env: dict[str, str] | None = None):
+        self.settings = load_settings(write_config(tmp_path), {**SECRETS_ENV, **(extra_env or {})})
+        self.clock = FakeClock()
+        self.runner = ScriptedRunner()
+        self.store: SqliteStore | None = None
+        self.controller: Controller | None = None
+
+    async def start(self) -> Controller:
+        self.store = SqliteStore(self.settings.store.path)
+        await self.store.open()
+        self.controller = Controller(
+            policy=self.settings.policy_config(),
+            deadlines=self.settings.policy.deadlines,
+            store=self.store,
+            runners={m.name: self.runner for m in self.settings.models},
+            clock=self.clock,
+            metrics=Metrics(),
+            dry_run=self.settings.policy.dry_run,
+        )
+        return self.controller
+
+    async def restart(self) -> Controller:
+        await self.stop()
+        return await self.start()
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    async def send(self, *alerts, **kw):
+        n = Notification.model_validate(notification(*alerts, **kw))
+        assert self.controller is not None
+        return await self.controller.handle_notification(n, "{}")
+
+    async def run(self, run_id: str):
+        assert self.store is not None
+        return await self.store.get_run(run_id)
+
+
+@pytest.fixture
+async def world(tmp_path):
+    w = World(tmp_path)
+    await w.start()
+    yield w
+    await w.stop()
+
+
+async def test_accepted_run_triggers_one_pipeline_and_follows_it(world):
+    [d] = await world.send(am_alert())
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.TRIGGERING and run.reasons == ("precision_drop",)
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.TRAINING and run.pipeline_id == "p-1" and run.pipeline_url.endswith(d.run_id)
+    await world.controller.tick()  # still running: nothing changes, nothing is triggered again
+    assert world.runner.triggers() == [d.run_id]
+    world.runner.finish(d.run_id, "failed", "job train failed")
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.FAILED and run.cause == "pipeline failed: job train failed"
+    history = await world.store.history(d.run_id)
+    assert [(t.from_phase, t.to_phase) for t in history] == [
+        (None, Phase.TRIGGERING),
+        (Phase.TRIGGERING, Phase.TRAINING),
+        (Phase.TRAINING, Phase.FAILED),
+    ]
+    assert all(t.cause for t in history)
+
+
+async def test_success_without_an_image_fails_the_run(world):
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    world.runner.finish(d.run_id, "success")
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.FAILED and run.cause == "pipeline succeeded without reporting an image"
+
+
+async def test_transient_trigger_errors_retry_permanent_ones_fail(world):
+    world.runner.trigger_errors = [PipelineError("502 Bad Gateway"), PipelineError("Reference not found", permanent=True)]
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    assert (await world.run(d.run_id)).phase is Phase.TRIGGERING  # kept, retried next tick
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.FAILED and run.cause == "pipeline could not be started: Reference not found"
+
+
+async def test_existing_pipeline_is_found_not_created_again(world):
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    # Pretend the store write after the trigger was lost: the run is back in triggering.
+    run = await world.run(d.run_id)
+    await world.store.apply(
+        replace(run, phase=Phase.TRIGGERING, pipeline_id=None),
+        Transition(run.id, world.clock.now(), Phase.TRAINING, Phase.TRIGGERING, "test: simulate a lost write"),
+    )
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.TRAINING and run.cause.startswith("found the pipeline already started")
+    assert world.runner.triggers() == [d.run_id]
+
+
+async def test_concurrency_cap_queues_and_starts_in_arrival_order(world):
+    # cap is 1: recsys takes the slot, search queues
+    [a] = await world.send(am_alert())
+    [b] = await world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1"))
+    assert a.kind.value == "accepted" and b.kind.value == "queued"
+    await world.controller.tick()
+    assert (await world.run(b.run_id)).phase is Phase.QUEUED
+    world.runner.finish(a.run_id, "failed", "x")
+    await world.controller.tick()  # recsys fails, the slot frees, search starts in the same tick
+    run = await world.run(b.run_id)
+    assert run.phase is Phase.TRIGGERING and run.cause == "a concurrency slot freed up"
+    await world.controller.tick()
+    assert world.runner.triggers() == [a.run_id, b.run_id]
+
+
+async def test_deadline_fails_the_run_and_cancels_its_pipeline(world):
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    world.clock.advance(hours=6, seconds=1)  # default training deadline is 6h
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.FAILED and run.cause == "deadline: training took longer than 6h"
+    assert ("cancel", "p-1") in world.runner.calls
+
+
+async def test_queued_deadline_frees_nothing_twice(world):
+    await world.send(am_alert())
+    [b] = await world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1"))
+    world.clock.advance(hours=24, seconds=1)
+    await world.controller.tick()
+    assert (await world.run(b.run_id)).phase is Phase.FAILED
+
+
+async def test_restart_keeps_decisions_cooldowns_and_queue(world):
+    [a] = await world.send(am_alert())
+    [b] = await world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1"))
+    await world.controller.tick()
+    world.runner.finish(a.run_id, "failed", "x")
+    await world.controller.tick()
+    await world.restart()
+    # same episode after restart: duplicate; new recsys episode: cooldown (run ended 0s ago)
+    [dup] = await world.send(am_alert())
+    assert dup.kind.value == "duplicate" and dup.run_id == a.run_id
+    [rl] = await world.send(am_alert(starts="2026-11-24T11:00:00Z"))
+    assert rl.kind.value == "rate_limited" and rl.until == world.clock.now() + timedelta(hours=1)
+    assert (await world.run(b.run_id)).phase is Phase.TRIGGERING
+    await world.controller.tick()
+    assert (await world.run(b.run_id)).phase is Phase.TRAINING
+
+
+async def test_rate_limited_episode_starts_a_run_when_the_cooldown_lifts(world):
+    [a] = await world.send(am_alert())
+    await world.controller.tick()
+    world.runner.finish(a.run_id, "failed", "x")
+    await world.controller.tick()
+    episode2 = am_alert(fp="other", starts="2026-11-24T10:05:00Z")
+    [d] = await world.send(episode2)
+    assert d.kind.value == "rate_limited"
+    world.clock.advance(hours=1, seconds=1)
+    [d] = await world.send(episode2)  # Alertmanager's repeat of the same, still firing, episode
+    assert d.kind.value == "accepted"
+
+
+async def test_dry_run_decides_and_records_but_starts_nothing(tmp_path):
+    w = World(tmp_path, {"RETRAIN_CONTROLLER__POLICY__DRY_RUN": "true"})
+    await w.start()
+    try:
+        [d] = await w.send(am_alert())
+        assert d.kind.value == "accepted"
+        run = await w.run(d.run_id)
+        assert run.phase is Phase.CANCELED and run.dry_run and run.cause == "dry run: no pipeline was started"
+        await w.controller.tick()
+        assert w.runner.calls == []
+        [d2] = await w.send(am_alert(fp="x2"))
+        assert d2.kind.value == "rate_limited"  # the simulated run still counts for the cooldown
+    finally:
+        await w.stop()
+    # dry-run history does not rate-limit the real controller later
+    w2 = World(tmp_path)
+    w2.settings = load_settings(write_config(tmp_path), SECRETS_ENV)
+    await w2.start()
+    try:
+        [d3] = await w2.send(am_alert(fp="x3"))
+        assert d3.kind.value == "accepted"
+    finally:
+        await w2.stop()
+
+
+async def test_prune_forgets_old_decisions_but_not_live_runs(world):
+    [a] = await world.send(am_alert())
+    world.clock.advance(days=31)
+    removed = await world.controller.prune(timedelta(days=30))
+    assert removed == 1
+    assert await world.store.count("episodes") == 1  # the run is still live: its episode must stay
+    assert (await world.run(a.run_id)) is not None
