@@ -58,6 +58,28 @@ def setup_logging(level: str = "info", fmt: str = "auto", secrets: Iterable[str]
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+class Throttle:
+    """At most one log line per key per interval, so a flood of bad requests cannot flood the log."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Any = None):
+        import time
+
+        self.interval_s = interval_s
+        self.clock = clock or time.monotonic
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None to stay quiet; otherwise how many lines were suppressed since the last one."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)
+
+
 def get_logger(name: str = "retrain_controller") -> Any:
     return structlog.get_logger(name)
 

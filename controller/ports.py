@@ -73,6 +73,10 @@ class ReadStore(Protocol):
     async def counts_by_phase(self) -> dict[str, int]: ...
 
 
+class Store(IntakeStore, RunStore, ReadStore, Protocol):
+    """What the controller needs of a store: all three faces."""
+
+
 class PipelineError(Exception):
     """A pipeline call failed. `permanent` ones fail the run; others are retried on a later tick."""
 

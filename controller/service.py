@@ -13,20 +13,14 @@ from controller.core.runs import LIVE, Phase, Run, Transition, new_run, overdue,
 from controller.observability import Metrics, get_logger
 from controller.ports import (
     Clock,
-    IntakeStore,
     NotificationRecord,
     PipelineError,
     PipelineRef,
     PipelineRequest,
     PipelineRunner,
-    ReadStore,
-    RunStore,
+    Store,
     StoreUnavailable,
 )
-
-
-class Store(IntakeStore, RunStore, ReadStore):  # type: ignore[misc]
-    """What the controller needs of a store, all three faces."""
 
 
 def new_run_id() -> str:

@@ -10,7 +10,21 @@ from pydantic import ValidationError
 
 from controller.core.alerts import Notification, format_ts
 from controller.ports import StoreUnavailable
+from controller.observability import get_logger
 from controller.web.common import CTX, bearer_ok, error, json_ok
+
+
+def _reject(request: web.Request, outcome: str, status: int, message: str, detail: object = None,
+            headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+    request.app[CTX].metrics.notifications.labels(outcome=outcome).inc()
+    suppressed = request.app[CTX].quiet.allow(outcome)
+    if suppressed is not None:
+        # Never the body or the Authorization header: either may carry what must not be logged.
+        get_logger().warning(
+            "notification_rejected", outcome=outcome, status=status, error=message,
+            detail=detail if status != 401 else None, remote=request.remote, suppressed=suppressed,
+        )  # fmt: skip
+    return error(status, message, detail, headers)
 
 
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -28,44 +42,39 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
 
 async def post_alerts(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    metrics = ctx.metrics
     expected = ctx.settings.secrets.alertmanager_token
     if not bearer_ok(request, expected.get_secret_value() if expected else None):
-        metrics.notifications.labels(outcome="unauthorized").inc()
-        return error(401, "unauthorized", "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+        return _reject(request, "unauthorized", 401, "unauthorized", "send Authorization: Bearer <token>",
+                       {"WWW-Authenticate": "Bearer"})  # fmt: skip
     if request.content_type != "application/json":
-        metrics.notifications.labels(outcome="unsupported_media_type").inc()
-        return error(415, "unsupported media type", f"expected application/json, got {request.content_type!r}")
+        detail = f"expected application/json, got {request.content_type!r}"
+        return _reject(request, "unsupported_media_type", 415, "unsupported media type", detail)
     limit = ctx.settings.server.max_body_bytes
+    too_large = f"the limit is {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
-        metrics.notifications.labels(outcome="too_large").inc()
-        return error(413, "body too large", f"the limit is {limit} bytes")
+        return _reject(request, "too_large", 413, "body too large", too_large)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        metrics.notifications.labels(outcome="too_large").inc()
-        return error(413, "body too large", f"the limit is {limit} bytes")
+        return _reject(request, "too_large", 413, "body too large", too_large)
     try:
         text = raw.decode("utf-8")
         data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        metrics.notifications.labels(outcome="invalid").inc()
-        return error(400, "malformed JSON", str(exc))
+        return _reject(request, "invalid", 400, "malformed JSON", str(exc))
     if not isinstance(data, dict):
-        metrics.notifications.labels(outcome="invalid").inc()
-        return error(400, "invalid payload", [{"field": "(body)", "message": "expected a JSON object"}])
+        return _reject(request, "invalid", 400, "invalid payload", [{"field": "(body)", "message": "expected a JSON object"}])
     try:
         notification = Notification.model_validate(data)
     except ValidationError as exc:
-        metrics.notifications.labels(outcome="invalid").inc()
-        return error(400, "invalid payload", _field_errors(exc))
+        return _reject(request, "invalid", 400, "invalid payload", _field_errors(exc))
     try:
         decisions = await ctx.controller.handle_notification(notification, text)
     except StoreUnavailable as exc:
-        metrics.notifications.labels(outcome="store_unavailable").inc()
         # 5xx makes Alertmanager retry; the retry is recognised as the same episode.
-        return error(503, "could not record the notification", str(exc), {"Retry-After": "5"})
-    metrics.notifications.labels(outcome="recorded").inc()
+        return _reject(request, "store_unavailable", 503, "could not record the notification", str(exc),
+                       {"Retry-After": "5"})  # fmt: skip
+    ctx.metrics.notifications.labels(outcome="recorded").inc()
     alerts = notification.alerts
     return json_ok(
         {

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from controller.config import Settings
-from controller.observability import Metrics, get_logger
+from controller.observability import Metrics, Throttle, get_logger
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -24,6 +24,7 @@ class WebContext:
     controller: Any  # controller.service.Controller
     store: Any  # the store's read and health faces
     metrics: Metrics
+    quiet: Throttle = field(default_factory=Throttle)  # rate-limits log lines about rejected requests
 
 
 CTX = web.AppKey("ctx", WebContext)

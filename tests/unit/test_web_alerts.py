@@ -204,3 +204,27 @@ async def test_no_secret_reaches_logs_or_responses(aiohttp_client, settings):
     for secret in SECRETS_ENV.values():
         assert secret not in logs
         assert all(secret not in b for b in bodies)
+
+
+async def test_a_flood_of_rejected_requests_logs_a_few_lines(aiohttp_client, settings):
+    stream = io.StringIO()
+    setup_logging("info", "json", settings.secrets.values(), stream=stream)
+    client = await aiohttp_client(create_app(settings))
+    for _ in range(300):
+        r = await post(client, notification(), {"Authorization": "Bearer guess"})
+        assert r.status == 401
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if "notification_rejected" in line]
+    assert len(lines) == 1 and lines[0]["outcome"] == "unauthorized" and lines[0]["status"] == 401
+    assert (await counts(client))["notifications"] == 0
+
+
+def test_throttle_reports_what_it_suppressed():
+    from controller.observability import Throttle
+
+    t = [0.0]
+    throttle = Throttle(10, clock=lambda: t[0])
+    assert throttle.allow("x") == 0
+    assert throttle.allow("x") is None and throttle.allow("x") is None
+    assert throttle.allow("y") == 0
+    t[0] = 10.0
+    assert throttle.allow("x") == 2
