@@ -37,7 +37,7 @@ run: deps
 ## test: installs what the tests need (Debian packages, Python deps), checks layering, runs every test
 test: test-deps
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	REQUIRE_INTEGRATION=1 $(BIN)/pytest
 
 lint: $(VENV)/.test-deps
 	$(BIN)/lint-imports

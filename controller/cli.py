@@ -52,9 +52,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = get_logger()
     app = create_app(settings)
     host, port = settings.server.host, settings.server.port
-    log.info("listening", host=host, port=port, models=[m.name for m in settings.models],
-             dry_run=settings.policy.dry_run)  # fmt: skip
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+
+    def started(_banner: str) -> None:  # run_app calls this once the socket is bound and the store is open
+        log.info("listening", host=host, port=port, models=[m.name for m in settings.models],
+                 dry_run=settings.policy.dry_run)  # fmt: skip
+
+    web.run_app(app, host=host, port=port, print=started, access_log=None, handle_signals=True)
+    log.info("stopped")
     return 0
 
 

@@ -1,0 +1,298 @@
+"""Fixtures that run the real parts: a gauge exporter, Prometheus, Alertmanager and the controller process.
+
+Everything is function-scoped and lives in the test's tmp_path; every process is stopped at teardown, and
+pipelines the controller started (own sessions, they outlive a controller crash on purpose) are killed too.
+"""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+
+from tests.infra.procs import (
+    Service,
+    alertmanager_binary,
+    controller_service,
+    free_port,
+    get_json,
+    get_text,
+    kill_process_groups,
+    metric_value,
+    prometheus_binary,
+    start_alertmanager,
+    start_prometheus,
+)
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
+TOKEN = "am-integration-token-3c1f9a7e5d"
+ALERTNAME = "RecsysPrecisionAtKDrop"
+GAUGE = "recsys_precision_at_k"
+HEALTHY, DEGRADED = 0.35, 0.02
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+# ---- the exporter -------------------------------------------------------------------------------------------
+
+
+class GaugeExporter:
+    """/metrics with one gauge, recsys_precision_at_k{model="recsys"}, whose value the test sets."""
+
+    def __init__(self, value: float = HEALTHY, model: str = "recsys"):
+        self.value = value
+        self.model = model
+        self.scrapes = 0
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                exporter.scrapes += 1
+                body = (
+                    f"# HELP {GAUGE} precision@k of the live model\n# TYPE {GAUGE} gauge\n"
+                    f'{GAUGE}{{model="{exporter.model}"}} {exporter.value}\n'
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, name="gauge-exporter", daemon=True)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def start(self) -> "GaugeExporter":
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def exporter() -> Iterator[GaugeExporter]:
+    e = GaugeExporter().start()
+    yield e
+    e.close()
+
+
+# ---- configs ------------------------------------------------------------------------------------------------
+
+
+def prometheus_config(am_port: int, target: str) -> str:
+    return textwrap.dedent(
+        f"""
+        global:
+          scrape_interval: 1s
+          scrape_timeout: 1s
+          evaluation_interval: 1s
+        rule_files: [rules.yml]
+        alerting:
+          alertmanagers:
+            - static_configs:
+                - targets: ["127.0.0.1:{am_port}"]
+        scrape_configs:
+          - job_name: recsys
+            static_configs:
+              - targets: ["{target}"]
+        """
+    )
+
+
+RULES = textwrap.dedent(
+    f"""
+    groups:
+      - name: recsys
+        interval: 1s
+        rules:
+          - alert: {ALERTNAME}
+            expr: {GAUGE} < 0.1
+            for: 0s
+            labels:
+              action: retrain
+            annotations:
+              summary: precision@k of {{{{ $labels.model }}}} fell to {{{{ $value }}}}
+    """
+)
+
+
+def alertmanager_config(controller_port: int, token_file: Path) -> str:
+    return textwrap.dedent(
+        f"""
+        route:
+          receiver: retrain-controller
+          group_by: [model]
+          group_wait: 1s
+          group_interval: 1s
+          repeat_interval: 2s
+        receivers:
+          - name: retrain-controller
+            webhook_configs:
+              - url: http://127.0.0.1:{controller_port}/api/v1/alerts
+                send_resolved: true
+                http_config:
+                  authorization:
+                    type: Bearer
+                    credentials_file: {token_file}
+        """
+    )
+
+
+def controller_config(
+    tmp: Path,
+    port: int,
+    pipeline_command: list[str],
+    pipeline_env: dict[str, str] | None = None,
+    store: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """examples/local.yaml, with the store in tmp, a fast tick and a quick pipeline."""
+    data = copy.deepcopy(yaml.safe_load(EXAMPLE_CONFIG.read_text()))
+    data["server"] = {**data.get("server", {}), "host": "127.0.0.1", "port": port, "log_format": "json"}
+    data["store"] = {**data.get("store", {}), "path": str(tmp / "store" / "controller.db"), **(store or {})}
+    data["policy"] = {**data.get("policy", {}), "tick_interval": "200ms"}
+    for m in data["models"]:
+        if m["name"] == "recsys":
+            m["pipeline"] = {"runner": "command", "command": pipeline_command, "env": dict(pipeline_env or {})}
+    return data
+
+
+# ---- the stack ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    exporter: GaugeExporter
+    controller: Service
+    alertmanager: Service
+    prometheus: Service
+    config: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.config["store"]["path"])
+
+    @property
+    def cooldown(self) -> str:
+        return str(self.config["policy"]["cooldown"])
+
+    # -- the controller's API
+
+    def api(self, path: str) -> Any:
+        return get_json(self.controller.url + path)
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """Every recorded alert decision, oldest first."""
+        return list(reversed(self.api("/api/v1/alerts?limit=500")["alerts"]))
+
+    def runs(self, model: str | None = None) -> list[dict[str, Any]]:
+        return list(self.api("/api/v1/runs?limit=500" + (f"&model={model}" if model else ""))["runs"])
+
+    def model(self, name: str = "recsys") -> dict[str, Any]:
+        return next(m for m in self.api("/api/v1/models")["models"] if m["name"] == name)
+
+    def controller_metric(self, name: str, **labels: str) -> float:
+        return metric_value(get_text(self.controller.url + "/metrics"), name, **labels)
+
+    def alertmanager_metric(self, name: str, **labels: str) -> float:
+        return metric_value(get_text(self.alertmanager.url + "/metrics"), name, **labels)
+
+    # -- control
+
+    def restart_controller(self, timeout: float = 30.0) -> None:
+        """Start the controller again on the same port, with the same config and store."""
+        self.controller.start(timeout)
+
+    def pipeline_pid_files(self) -> list[Path]:
+        return sorted((self.store_path.parent / "pipelines").glob("*/pid"))
+
+    def logs(self, chars: int = 6000) -> str:
+        parts = [self.controller.describe(chars), self.alertmanager.describe(chars)]
+        parts.append(self.prometheus.describe(2000))
+        return "\n".join(parts)
+
+
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture
+def start_stack(tmp_path: Path, exporter: GaugeExporter) -> Iterator[StackFactory]:
+    """start_stack(pipeline_command=[...], pipeline_env={...}, store={...}) -> Stack, all processes up.
+
+    Order: controller, then Alertmanager (which delivers to it), then Prometheus (which sends to Alertmanager),
+    so no first notification is lost to a part that is not up yet. Teardown stops them in reverse.
+    """
+    # Skip (only) when the binaries are missing, before anything starts.
+    prometheus_binary()
+    alertmanager_binary()
+    started: list[Service] = []
+    stacks: list[Stack] = []
+
+    def start(
+        pipeline_command: list[str] | None = None,
+        pipeline_env: dict[str, str] | None = None,
+        store: dict[str, Any] | None = None,
+    ) -> Stack:
+        assert not stacks, "one stack per test"
+        port = free_port()
+        cfg = controller_config(tmp_path, port, pipeline_command or ["sh", "-c", "sleep 1"], pipeline_env, store)
+        config_path = tmp_path / "controller.yaml"
+        config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        controller = controller_service(tmp_path / "controller", config_path, port, TOKEN)
+        started.append(controller)
+        controller.start()
+
+        token_file = tmp_path / "alertmanager" / "token"
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o600)
+        alertmanager = start_alertmanager(tmp_path / "alertmanager", alertmanager_config(port, token_file))
+        started.append(alertmanager)
+
+        prometheus = start_prometheus(
+            tmp_path / "prometheus",
+            prometheus_config(alertmanager.port, exporter.target),
+            {"rules.yml": RULES},
+        )
+        started.append(prometheus)
+        stack = Stack(tmp_path, exporter, controller, alertmanager, prometheus, cfg)
+        stacks.append(stack)
+        return stack
+
+    try:
+        yield start
+    finally:
+        for service in reversed(started):
+            service.stop()
+        for stack in stacks:
+            kill_process_groups(stack.pipeline_pid_files())
