@@ -17,7 +17,7 @@ from controller.config import Settings
 from controller.observability import Metrics, get_logger
 from controller.ports import Clock, PipelineRunner
 from controller.service import Controller
-from controller.web import alerts, api, health
+from controller.web import alerts, api, health, pipelines
 from controller.web.common import CTX, WebContext, json_errors, request_metrics
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -35,10 +35,35 @@ def build_adapters(settings: Settings) -> Adapters:
     store = SqliteStore(settings.store.path, settings.store.busy_timeout, settings.store.synchronous)
     state_dir = settings.store.path.parent / "pipelines"
     runners: dict[str, PipelineRunner] = {}
+    client = None
     for m in settings.models:
         if m.pipeline.runner == "command":
             runners[m.name] = CommandRunner(m.pipeline.command, state_dir, m.pipeline.env, m.pipeline.workdir)
+        elif m.pipeline.runner == "gitlab":
+            from controller.adapters.gitlab import GitlabRunner, make_client
+
+            token = settings.secrets.gitlab_token
+            client = client or make_client(settings.gitlab.url, token.get_secret_value() if token else None,
+                                           settings.gitlab.timeout.total_seconds())  # fmt: skip
+            trigger = m.pipeline.trigger_token_file
+            runners[m.name] = GitlabRunner(
+                client,
+                m.pipeline.project or "",
+                m.pipeline.ref,
+                m.pipeline.variables,
+                trigger_token=trigger.read_text().strip() if trigger else None,
+                call_timeout=settings.gitlab.timeout.total_seconds(),
+                retry_total=settings.gitlab.retry_total.total_seconds(),
+                poll_interval=settings.gitlab.poll_interval.total_seconds(),
+            )
     return Adapters(store=store, runners=runners, clock=SystemClock())
+
+
+def callback_base_url(settings: Settings) -> str:
+    if settings.server.external_url:
+        return settings.server.external_url.rstrip("/")
+    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{settings.server.port}"
 
 
 def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Metrics | None = None) -> web.Application:
@@ -53,6 +78,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
         clock=adapters.clock,
         metrics=metrics,
         dry_run=settings.policy.dry_run,
+        callback_secret=secret.get_secret_value() if (secret := settings.secrets.callback_secret) else None,
+        callback_base_url=callback_base_url(settings),
     )
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -61,6 +88,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
     app[CTX] = WebContext(settings=settings, controller=controller, store=adapters.store, metrics=metrics)
     app[CONTROLLER] = controller
     app.router.add_post("/api/v1/alerts", alerts.post_alerts)
+    app.router.add_post("/api/v1/runs/{run_id}/events", pipelines.post_run_event)
+    app.router.add_post("/api/v1/gitlab/events", pipelines.post_gitlab_hook)
     app.router.add_get("/api/v1/models", api.list_models)
     app.router.add_get("/api/v1/runs", api.list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", api.get_run)

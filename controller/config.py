@@ -84,7 +84,9 @@ class PolicySettings(_Strict):
 
 class GitlabSettings(_Strict):
     url: str = "https://gitlab.example.com"
-    timeout: Duration = timedelta(seconds=30)
+    timeout: Duration = timedelta(seconds=30)  # one HTTP call
+    retry_total: Duration = timedelta(minutes=2)  # retries of one operation before the next tick tries again
+    poll_interval: Duration = timedelta(seconds=30)  # pipeline status polls, a backstop for hooks and callbacks
 
 
 class PrometheusSettings(_Strict):
@@ -118,15 +120,26 @@ class RuleSettings(_Strict):
 
 
 class PipelineSettings(_Strict):
-    runner: Literal["command"] = "command"
+    runner: Literal["command", "gitlab"] = "command"
+    # command runner
     command: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     workdir: Path | None = None
+    # gitlab runner
+    project: str | int | None = None  # numeric id or full path, e.g. ml/recsys
+    ref: str = "main"
+    variables: dict[str, str] = Field(default_factory=dict)
+    trigger_token_file: Path | None = None  # use the trigger API with this token instead of the pipelines API
 
     @model_validator(mode="after")
     def _runnable(self) -> "PipelineSettings":
         if self.runner == "command" and not self.command:
             raise ValueError("the command runner needs `command` (a list: program and arguments)")
+        if self.runner == "gitlab" and self.project in (None, ""):
+            raise ValueError("the gitlab runner needs `project` (numeric id or full path)")
+        reserved = sorted(k for k in self.variables if k.startswith("RETRAIN_"))
+        if reserved:
+            raise ValueError(f"variables starting with RETRAIN_ are set by the controller: {', '.join(reserved)}")
         return self
 
 
@@ -296,17 +309,33 @@ def load_settings(path: Path | str | None, env: Mapping[str, str] | None = None)
         settings = Settings(**data, secrets=secrets)
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors()] + problems
-    problems += _missing_secrets(secrets)
+    problems += _missing_secrets(secrets, settings)
     if problems:
         raise ConfigError(problems)
     assert settings is not None
     return settings
 
 
-def _missing_secrets(secrets: Secrets) -> list[str]:
+def _missing_secrets(secrets: Secrets, settings: Settings | None) -> list[str]:
     problems = []
     if secrets.alertmanager_token is None:
         problems.append(
             f"secret missing: {ENV_PREFIX}ALERTMANAGER_TOKEN (or ..._FILE): Alertmanager must authenticate"
         )
+    gitlab_models = [m.name for m in settings.models if m.pipeline.runner == "gitlab"] if settings else []
+    if gitlab_models:
+        if secrets.gitlab_token is None:
+            problems.append(
+                f"secret missing: {ENV_PREFIX}GITLAB_TOKEN (or ..._FILE): models {', '.join(gitlab_models)} "
+                "use GitLab (it is also how runs find their pipeline again after a failure)"
+            )
+        if secrets.callback_secret is None:
+            problems.append(
+                f"secret missing: {ENV_PREFIX}CALLBACK_SECRET (or ..._FILE): GitLab pipelines report their image "
+                "with a per-run token derived from it"
+            )
+        for m in settings.models if settings else []:
+            f = m.pipeline.trigger_token_file
+            if f is not None and not (f.is_file() and f.read_text().strip()):
+                problems.append(f"models.{m.name}.pipeline.trigger_token_file: {f} is missing or empty")
     return problems

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Mapping
 
 from controller.core.alerts import Alert, Notification, format_ts
+from controller.core.callbacks import FailedEvent, ImageEvent, StageEvent, callback_token, effect_of
 from controller.core.policy import Decision, PolicyConfig, decide, rate_limit, runs_to_start
 from controller.core.runs import LIVE, Phase, Run, Transition, new_run, overdue, transition
 from controller.observability import Metrics, get_logger
@@ -16,11 +19,24 @@ from controller.ports import (
     NotificationRecord,
     PipelineError,
     PipelineRef,
+    PipelineStatus,
     PipelineRequest,
     PipelineRunner,
     Store,
     StoreUnavailable,
 )
+
+
+class UnknownRun(LookupError):
+    pass
+
+
+class RunFinished(Exception):
+    pass
+
+
+class Conflict(Exception):
+    pass
 
 
 def new_run_id() -> str:
@@ -39,6 +55,9 @@ class Controller:
         metrics: Metrics,
         dry_run: bool = False,
         new_id: Callable[[], str] = new_run_id,
+        callback_secret: str | None = None,
+        callback_base_url: str = "",
+        alerts_limit: int = 9000,
     ):
         self.policy = policy
         self.deadlines = deadlines
@@ -48,6 +67,9 @@ class Controller:
         self.metrics = metrics
         self.dry_run = dry_run
         self.new_id = new_id
+        self.callback_secret = callback_secret
+        self.callback_base_url = callback_base_url.rstrip("/")
+        self.alerts_limit = alerts_limit
         self.log = get_logger()
         # One writer: decisions read state and write it back; nothing may interleave between the two.
         self._lock = asyncio.Lock()
@@ -162,15 +184,26 @@ class Controller:
                 if run.id in start:
                     await self._move_locked(run, Phase.TRIGGERING, "a concurrency slot freed up")
 
-    def _request(self, run: Run) -> PipelineRequest:
-        return PipelineRequest(run_id=run.id, model=run.model, reasons=run.reasons, created_at=run.created_at)
+    async def _request(self, run: Run) -> PipelineRequest:
+        variables: dict[str, str] = {}
+        if self.callback_secret:
+            variables["RETRAIN_CALLBACK_URL"] = f"{self.callback_base_url}/api/v1/runs/{run.id}/events"
+            variables["RETRAIN_CALLBACK_TOKEN"] = callback_token(self.callback_secret, run.id)
+        return PipelineRequest(
+            run_id=run.id,
+            model=run.model,
+            reasons=run.reasons,
+            created_at=run.created_at,
+            alerts=fit_alerts(await self.store.list_decisions(200, run_id=run.id), self.alerts_limit),
+            variables=variables,
+        )
 
     async def _trigger(self, run: Run) -> None:
         runner = self.runners.get(run.model)
         if runner is None:
             await self._move(run, Phase.FAILED, f"no pipeline runner configured for model {run.model}")
             return
-        request = self._request(run)
+        request = await self._request(run)
         try:
             ref = await runner.find(request)
             how = "found the pipeline already started for this run"
@@ -188,6 +221,9 @@ class Controller:
         await self._move(run, Phase.TRAINING, cause, pipeline_id=ref.id, pipeline_url=ref.web_url)
 
     async def _follow(self, run: Run) -> None:
+        if run.image:  # the callback already told us; no need to ask the pipeline
+            await self._on_pipeline_status(run, PipelineStatus("running"))
+            return
         runner = self.runners.get(run.model)
         if runner is None or run.pipeline_id is None:
             await self._move(run, Phase.FAILED, "training run has no pipeline to follow")
@@ -198,13 +234,16 @@ class Controller:
             self.metrics.pipeline_errors.labels(model=run.model, kind="status").inc()
             self.log.warning("pipeline_status_retry", run_id=run.id, model=run.model, error=str(exc))
             return
+        await self._on_pipeline_status(run, status)
+
+    async def _on_pipeline_status(self, run: Run, status: PipelineStatus) -> None:
+        if run.image and run.phase is Phase.TRAINING:
+            await self._move(run, Phase.DEPLOYING, f"pipeline reported image {run.image}")
+            return
         if not status.finished:
             return
         if status.state == "success":
-            if run.image:
-                await self._move(run, Phase.DEPLOYING, f"pipeline succeeded with image {run.image}")
-            else:
-                await self._move(run, Phase.FAILED, "pipeline succeeded without reporting an image")
+            await self._move(run, Phase.FAILED, "pipeline succeeded without reporting an image")
             return
         detail = f": {status.detail}" if status.detail else ""
         await self._move(run, Phase.FAILED, f"pipeline {status.state}{detail}")
@@ -236,6 +275,54 @@ class Controller:
 
     def _count_transition(self, run: Run) -> None:
         self.metrics.transitions.labels(model=run.model, phase=run.phase.value).inc()
+
+    # ---- pipeline news ------------------------------------------------------------------------------------
+
+    async def handle_pipeline_event(self, run_id: str, event: StageEvent | ImageEvent | FailedEvent) -> dict[str, Any]:
+        """A callback from the run's own pipeline. Idempotent; refuses finished runs."""
+        async with self._lock:
+            run = await self.store.get_run(run_id)
+            if run is None:
+                raise UnknownRun(run_id)
+            if run.phase.terminal:
+                raise RunFinished(f"run {run_id} is {run.phase}; it takes no more events")
+            effect = effect_of(run, event)
+            if effect.kind == "conflict":
+                raise Conflict(effect.detail)
+            if effect.kind == "record":
+                await self.store.update_run(_with_changes(run, effect.changes or {}))
+            elif effect.kind == "move":
+                assert effect.to is not None
+                updated = _with_changes(run, effect.changes or {})
+                await self._move_locked(updated, effect.to, effect.detail)
+        self.log.info("pipeline_event", run_id=run_id, model=run.model, pipeline_event=event.event,
+                      effect=effect.kind, detail=effect.detail)  # fmt: skip
+        if effect.kind == "move":
+            self.wake.set()
+        current = await self.store.get_run(run_id)
+        assert current is not None
+        return {"run_id": run_id, "phase": current.phase.value, "effect": effect.kind, "detail": effect.detail}
+
+    async def handle_pipeline_hook(
+        self, pipeline_id: str, status: PipelineStatus, run_id: str | None, web_url: str | None
+    ) -> dict[str, Any]:
+        """A GitLab pipeline hook: a backstop for lost callbacks and missed polls. Idempotent."""
+        run = await self.store.get_run(run_id) if run_id else None
+        if run is None:
+            run = await self.store.run_by_pipeline(pipeline_id)
+        if run is None:
+            raise UnknownRun(run_id or f"pipeline {pipeline_id}")
+        if run.phase is Phase.TRIGGERING:
+            # We created it but lost the answer (or have not stored it yet): this is the run's pipeline.
+            await self._move(run, Phase.TRAINING, f"pipeline hook: {pipeline_id}", pipeline_id=pipeline_id,
+                             pipeline_url=web_url)  # fmt: skip
+            run = await self.store.get_run(run.id)
+            assert run is not None
+        if run.phase is Phase.TRAINING and run.pipeline_id == pipeline_id:
+            await self._on_pipeline_status(run, status)
+        current = await self.store.get_run(run.id)
+        assert current is not None
+        return {"run_id": run.id, "phase": current.phase.value}
 
     async def prune(self, retention: timedelta) -> int:
         async with self._lock:
@@ -288,6 +375,39 @@ class Controller:
                 await asyncio.wait_for(self.wake.wait(), timeout=interval)
             except asyncio.TimeoutError:
                 pass
+
+
+def _with_changes(run: Run, changes: Mapping[str, object]) -> Run:
+    extra = dict(run.extra)
+    image = run.image
+    for key, value in changes.items():
+        if key == "image":
+            image = str(value)
+        else:
+            extra[key] = value
+    return replace(run, image=image, extra=extra)
+
+
+def fit_alerts(decisions: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The episodes behind a run, compact, oldest first, cut to fit a pipeline variable (GitLab: 10,000 chars)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for d in reversed(decisions):
+        if d["decision"] in ("accepted", "queued", "joined") and d["episode"] not in seen:
+            seen[d["episode"]] = {
+                "alertname": d["alertname"],
+                "fingerprint": d["fingerprint"],
+                "startsAt": d["starts_at"],
+                "reason": d["reason"],
+                "labels": d["labels"],
+            }
+    out: list[dict[str, Any]] = []
+    size = 2
+    for item in seen.values():
+        size += len(json.dumps(item, separators=(",", ":"))) + 1
+        if size > limit:
+            break
+        out.append(item)
+    return out
 
 
 def _ids(make: Callable[[], str]) -> Iterator[str]:

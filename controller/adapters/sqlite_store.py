@@ -96,6 +96,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX transitions_run ON transitions(run_id, id);
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
     """,
+    # 2: pipeline lookups for hooks, and hook deliveries seen (GitLab's Idempotency-Key)
+    """
+    CREATE INDEX runs_pipeline ON runs(pipeline_id) WHERE pipeline_id IS NOT NULL;
+    CREATE TABLE deliveries (
+        key TEXT PRIMARY KEY,
+        received_at TEXT NOT NULL
+    );
+    CREATE INDEX deliveries_received ON deliveries(received_at);
+    """,
 ]
 
 # SQLite's limit on bound parameters is 999 on old builds; stay well below it.
@@ -360,6 +369,21 @@ class SqliteStore:
         rows = await self._call(self._query, "SELECT * FROM runs WHERE id = ?", (run_id,))
         return _run(rows[0]) if rows else None
 
+    async def run_by_pipeline(self, pipeline_id: str) -> Run | None:
+        rows = await self._call(
+            self._query, "SELECT * FROM runs WHERE pipeline_id = ? ORDER BY seq DESC LIMIT 1", (pipeline_id,)
+        )
+        return _run(rows[0]) if rows else None
+
+    async def first_delivery(self, key: str, at: datetime) -> bool:
+        """Remember a webhook delivery; False if this key was seen before (a replay)."""
+
+        def body(db: sqlite3.Connection) -> bool:
+            cur = db.execute("INSERT OR IGNORE INTO deliveries (key, received_at) VALUES (?, ?)", (key, _ts(at)))
+            return cur.rowcount == 1
+
+        return await self._call(self._tx, body)
+
     async def runs_in(self, phases: frozenset[Phase]) -> list[Run]:
         marks = ",".join("?" * len(phases))
         rows = await self._call(
@@ -441,6 +465,7 @@ class SqliteStore:
             cutoff = _ts(before)
             n = db.execute("DELETE FROM decisions WHERE received_at < ?", (cutoff,)).rowcount
             db.execute("DELETE FROM notifications WHERE received_at < ?", (cutoff,))
+            db.execute("DELETE FROM deliveries WHERE received_at < ?", (cutoff,))
             db.execute(
                 "DELETE FROM episodes WHERE first_seen_at < ? AND run_id IN"
                 " (SELECT id FROM runs WHERE ended_at IS NOT NULL AND ended_at < ?)",

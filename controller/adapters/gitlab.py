@@ -1,0 +1,247 @@
+"""PipelineRunner on GitLab CI, through python-gitlab (synchronous: always in a worker thread, under a timeout).
+
+Exactly one pipeline per run: the run id travels as RETRAIN_RUN_ID; after any failure that may have happened
+after GitLab recorded the pipeline (timeout, reset connection, 5xx) we look the pipeline up before creating
+another. 429 waits Retry-After; 5xx and timeouts back off with jitter up to a total; 400/401/403/404 are
+permanent and fail the run with GitLab's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, TypeVar
+
+import gitlab
+import requests
+from gitlab.exceptions import GitlabAuthenticationError, GitlabError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from controller.ports import PipelineError, PipelineRef, PipelineRequest, PipelineStatus
+
+T = TypeVar("T")
+
+FINISHED = {"success": "success", "failed": "failed", "canceled": "canceled", "skipped": "canceled"}
+PERMANENT = {400, 401, 403, 404, 422}
+# How far back to look for a pipeline of this run: GitLab's clock and ours may disagree a little.
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_CANDIDATES = 100
+
+
+class _Failure(Exception):
+    """A classified GitLab failure, for the retry policy."""
+
+    def __init__(self, message: str, *, permanent: bool = False, ambiguous: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.permanent = permanent
+        self.ambiguous = ambiguous  # the request may have taken effect
+        self.retry_after = retry_after
+
+
+def make_client(url: str, token: str | None, timeout: float) -> gitlab.Gitlab:
+    # Our own retry policy decides what is safe to repeat: python-gitlab must not retry a POST on its own.
+    return gitlab.Gitlab(
+        url,
+        private_token=token,
+        timeout=timeout,
+        retry_transient_errors=False,
+        obey_rate_limit=False,
+        user_agent="retrain-controller",
+    )
+
+
+class GitlabRunner:
+    def __init__(
+        self,
+        client: gitlab.Gitlab,
+        project: str | int,
+        ref: str,
+        variables: dict[str, str] | None = None,
+        trigger_token: str | None = None,
+        call_timeout: float = 30.0,
+        retry_total: float = 120.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        poll_interval: float = 0.0,
+    ):
+        self.gl = client
+        self.project_id = project
+        self.ref = ref
+        self.variables = dict(variables or {})
+        self.trigger_token = trigger_token
+        # The HTTP timeout ends the worker thread's request; the asyncio bound is a little longer so a thread
+        # never outlives the call by much (a late create is then found by the lookup, not created twice).
+        self.call_timeout = call_timeout
+        self.retry_total = retry_total
+        self.backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self.poll_interval = poll_interval
+        self._polled: dict[str, tuple[float, PipelineStatus]] = {}
+        self._local = threading.local()
+        client.session.hooks["response"].append(self._remember_headers)
+
+    # ---- plumbing -------------------------------------------------------------------------------------------
+
+    def _remember_headers(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._local.headers = response.headers
+
+    def _in_thread(self, fn: Callable[[], T]) -> T:
+        self._local.headers = {}
+        try:
+            return fn()
+        except GitlabError as exc:
+            raise _classify_gitlab(exc, getattr(self._local, "headers", {})) from exc
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise _Failure(f"GitLab unreachable: {type(exc).__name__}", ambiguous=True) from exc
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._in_thread, fn), timeout=self.call_timeout + 5)
+        except asyncio.TimeoutError:
+            raise _Failure("GitLab did not answer in time", ambiguous=True) from None
+
+    def _project(self) -> Any:
+        return self.gl.projects.get(self.project_id, lazy=True)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Failure) and exc.retry_after is not None:
+            return exc.retry_after
+        return float(self.backoff(state))
+
+    async def _retrying(self, attempt: Callable[[], Any]) -> Any:
+        try:
+            async for round_ in AsyncRetrying(
+                stop=stop_after_delay(self.retry_total),
+                wait=self._wait,
+                retry=retry_if_exception(lambda e: isinstance(e, _Failure) and not e.permanent),
+                reraise=True,
+            ):
+                with round_:
+                    return await attempt()
+        except _Failure as exc:
+            raise PipelineError(str(exc), permanent=exc.permanent) from exc
+        raise AssertionError("unreachable")
+
+    # ---- the port -------------------------------------------------------------------------------------------
+
+    async def find(self, request: PipelineRequest) -> PipelineRef | None:
+        return await self._retrying(lambda: self._find(request))
+
+    async def _find(self, request: PipelineRequest) -> PipelineRef | None:
+        since = (request.created_at - CLOCK_SKEW).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+        def candidates() -> list[Any]:
+            listing = self._project().pipelines.list(
+                ref=self.ref, updated_after=since, order_by="id", sort="desc", iterator=True, per_page=100
+            )
+            out = []
+            for p in listing:
+                if p.attributes.get("source") in ("api", "trigger", None):
+                    out.append(p)
+                if len(out) >= MAX_CANDIDATES:
+                    break
+            return out
+
+        for pipeline in await self._call(candidates):
+            pid = pipeline.id
+            variables = await self._call(lambda: self._project().pipelines.get(pid, lazy=True).variables.list(get_all=True))
+            if any(v.key == "RETRAIN_RUN_ID" and v.value == request.run_id for v in variables):
+                return PipelineRef(id=str(pid), web_url=pipeline.attributes.get("web_url"))
+        return None
+
+    async def trigger(self, request: PipelineRequest) -> PipelineRef:
+        variables = {**self.variables, **_run_variables(request)}
+        state = {"ambiguous": False}
+
+        async def attempt() -> PipelineRef:
+            if state["ambiguous"]:
+                found = await self._find(request)
+                if found is not None:
+                    return found
+            try:
+                created = await self._call(lambda: self._create(variables))
+            except _Failure as exc:
+                state["ambiguous"] = state["ambiguous"] or exc.ambiguous
+                raise
+            return PipelineRef(id=str(created["id"]), web_url=created.get("web_url"))
+
+        return await self._retrying(attempt)
+
+    def _create(self, variables: dict[str, str]) -> dict[str, Any]:
+        project = self._project()
+        if self.trigger_token:
+            pipeline = project.trigger_pipeline(self.ref, self.trigger_token, variables=variables)
+        else:
+            pipeline = project.pipelines.create(
+                {"ref": self.ref, "variables": [{"key": k, "value": v, "variable_type": "env_var"} for k, v in variables.items()]}
+            )
+        return dict(pipeline.attributes)
+
+    async def status(self, ref: PipelineRef) -> PipelineStatus:
+        last = self._polled.get(ref.id)
+        if last is not None and time.monotonic() - last[0] < self.poll_interval:
+            return last[1]  # polled recently: spare GitLab; hooks and callbacks bring news sooner anyway
+        result = await self._status(ref)
+        self._polled[ref.id] = (time.monotonic(), result)
+        if result.finished:
+            self._polled.pop(ref.id, None)
+        return result
+
+    async def _status(self, ref: PipelineRef) -> PipelineStatus:
+        attrs = await self._retrying(lambda: self._call(lambda: dict(self._project().pipelines.get(int(ref.id)).attributes)))
+        status = str(attrs.get("status", ""))
+        if status in FINISHED:
+            return PipelineStatus(FINISHED[status], f"GitLab pipeline {ref.id} {status}")
+        return PipelineStatus("running")  # including statuses newer than this code
+
+    async def cancel(self, ref: PipelineRef) -> None:
+        await self._retrying(lambda: self._call(lambda: self._project().pipelines.get(int(ref.id), lazy=True).cancel()))
+
+
+def _run_variables(request: PipelineRequest) -> dict[str, str]:
+    return {
+        "RETRAIN_RUN_ID": request.run_id,
+        "RETRAIN_MODEL": request.model,
+        "RETRAIN_REASONS": ",".join(request.reasons),
+        "RETRAIN_ALERTS": json.dumps(request.alerts, separators=(",", ":")),
+        **request.variables,
+    }
+
+
+def _classify_gitlab(exc: GitlabError, headers: Any) -> _Failure:
+    code = exc.response_code
+    message = _message(exc)
+    if isinstance(exc, GitlabAuthenticationError) or code in PERMANENT:
+        return _Failure(f"GitLab {code}: {message}", permanent=True)
+    if code == 429:
+        retry_after = _seconds(headers.get("Retry-After")) if headers else None
+        return _Failure(f"GitLab 429: rate limited", retry_after=retry_after if retry_after is not None else 5.0)
+    # 5xx (and anything else): the request may or may not have been applied
+    return _Failure(f"GitLab {code}: {message}", ambiguous=True)
+
+
+def _message(exc: GitlabError) -> str:
+    msg = exc.error_message
+    if isinstance(msg, bytes):
+        msg = msg.decode(errors="replace")
+    if isinstance(msg, dict):  # {"base": ["Reference not found"]}
+        parts = [f"{v}" if k == "base" else f"{k} {v}" for k, vs in msg.items() for v in (vs if isinstance(vs, list) else [vs])]
+        msg = "; ".join(parts)
+    return str(msg).strip()[:500] or "no message"
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:  # an HTTP date
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+        except (TypeError, ValueError):
+            return None

@@ -1,0 +1,107 @@
+"""Pipeline news: the pipeline's own callbacks, and GitLab's Pipeline Hook as a backstop."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from controller.core.callbacks import EVENT, token_matches
+from controller.ports import PipelineStatus, StoreUnavailable
+from controller.service import Conflict, RunFinished, UnknownRun
+from controller.web.common import CTX, error, json_ok
+
+CALLBACK_LIMIT = 64 * 1024
+HOOK_LIMIT = 1024 * 1024
+FINISHED = {"success": "success", "failed": "failed", "canceled": "canceled", "skipped": "canceled"}
+
+
+async def _json_body(request: web.Request, limit: int) -> Any | web.Response:
+    if request.content_type != "application/json":
+        return error(415, "unsupported media type", f"expected application/json, got {request.content_type!r}")
+    if request.content_length is not None and request.content_length > limit:
+        return error(413, "body too large", f"the limit is {limit} bytes")
+    body = b""
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            return error(413, "body too large", f"the limit is {limit} bytes")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return error(400, "malformed JSON", str(exc))
+
+
+def _fields(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+
+
+async def post_run_event(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    run_id = request.match_info["run_id"]
+    secret = ctx.settings.secrets.callback_secret
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return error(401, "unauthorized", "send Authorization: Bearer <the run's callback token>",
+                     {"WWW-Authenticate": "Bearer"})  # fmt: skip
+    if secret is None or not token_matches(secret.get_secret_value(), run_id, token.strip()):
+        return error(403, "forbidden", "this token is not valid for this run")
+    body = await _json_body(request, CALLBACK_LIMIT)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        event = EVENT.validate_python(body)
+    except ValidationError as exc:
+        return error(400, "invalid event", _fields(exc))
+    try:
+        result = await ctx.controller.handle_pipeline_event(run_id, event)
+    except UnknownRun:
+        return error(404, "unknown run", run_id)
+    except RunFinished as exc:
+        return error(403, "run is finished", str(exc))
+    except Conflict as exc:
+        return error(409, "conflict", str(exc))
+    except StoreUnavailable as exc:
+        return error(503, "could not record the event", str(exc), {"Retry-After": "5"})
+    return json_ok(result)
+
+
+async def post_gitlab_hook(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    expected = ctx.settings.secrets.gitlab_webhook_token
+    presented = request.headers.get("X-Gitlab-Token", "")
+    if expected is None or not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+        return error(401, "unauthorized", "X-Gitlab-Token does not match the configured webhook secret")
+    body = await _json_body(request, HOOK_LIMIT)
+    if isinstance(body, web.Response):
+        return body
+    if not isinstance(body, dict) or body.get("object_kind") != "pipeline":
+        kind = body.get("object_kind") if isinstance(body, dict) else None
+        return json_ok({"ignored": f"object_kind {kind!r} is not handled"}, status=202)
+    attrs = body.get("object_attributes")
+    if not isinstance(attrs, dict) or "id" not in attrs or not isinstance(attrs.get("status"), str):
+        return error(400, "invalid payload", [{"field": "object_attributes", "message": "needs id and status"}])
+    key = request.headers.get("Idempotency-Key", "")
+    try:
+        variables = {v.get("key"): v.get("value") for v in attrs.get("variables") or [] if isinstance(v, dict)}
+        status = attrs["status"]
+        pipeline_status = PipelineStatus(FINISHED[status], f"GitLab status {status}") if status in FINISHED \
+            else PipelineStatus("running")  # fmt: skip
+        project = body.get("project") or {}
+        web_url = f"{project.get('web_url')}/-/pipelines/{attrs['id']}" if project.get("web_url") else None
+        # Hooks are idempotent, so a replay is processed again harmlessly; the key is remembered only after
+        # success, so a delivery that failed half-way is not mistaken for a replay when GitLab retries it.
+        result = await ctx.controller.handle_pipeline_hook(
+            str(attrs["id"]), pipeline_status, variables.get("RETRAIN_RUN_ID"), web_url
+        )
+        if key:
+            result["replay"] = not await ctx.store.first_delivery(f"gitlab:{key}", ctx.controller.clock.now())
+    except UnknownRun as exc:
+        # Not ours (another pipeline of the project): accept so GitLab does not retry or disable the hook.
+        return json_ok({"ignored": f"no run for {exc}"}, status=202)
+    except StoreUnavailable as exc:
+        return error(503, "could not record the hook", str(exc), {"Retry-After": "5"})
+    return json_ok(result)
