@@ -41,16 +41,22 @@ class _Failure(Exception):
         self.retry_after = retry_after
 
 
+class _Client(gitlab.Gitlab):
+    """python-gitlab that never retries on its own.
+
+    Our retry policy decides what is safe to repeat: a retried POST after a 5xx could start a second pipeline,
+    and python-gitlab's own 429 sleep would block the worker thread past our timeout.
+    """
+
+    def http_request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["obey_rate_limit"] = False
+        kwargs["retry_transient_errors"] = False
+        kwargs["max_retries"] = 0
+        return super().http_request(*args, **kwargs)
+
+
 def make_client(url: str, token: str | None, timeout: float) -> gitlab.Gitlab:
-    # Our own retry policy decides what is safe to repeat: python-gitlab must not retry a POST on its own.
-    return gitlab.Gitlab(
-        url,
-        private_token=token,
-        timeout=timeout,
-        retry_transient_errors=False,
-        obey_rate_limit=False,
-        user_agent="retrain-controller",
-    )
+    return _Client(url, private_token=token, timeout=timeout, user_agent="retrain-controller")
 
 
 class GitlabRunner:
