@@ -80,6 +80,7 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
         dry_run=settings.policy.dry_run,
         callback_secret=secret.get_secret_value() if (secret := settings.secrets.callback_secret) else None,
         callback_base_url=callback_base_url(settings),
+        step_wait=settings.policy.tick_interval.total_seconds(),
     )
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -110,6 +111,7 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await controller.aclose()
         for runner in adapters.runners.values():
             close = getattr(runner, "aclose", None)
             if close is not None:

@@ -58,6 +58,7 @@ class Controller:
         callback_secret: str | None = None,
         callback_base_url: str = "",
         alerts_limit: int = 9000,
+        step_wait: float | None = None,
     ):
         self.policy = policy
         self.deadlines = deadlines
@@ -74,6 +75,10 @@ class Controller:
         # One writer: decisions read state and write it back; nothing may interleave between the two.
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
+        # Steps run concurrently, one at a time per run: a slow GitLab call holds up its own run, not the others.
+        # A tick waits `step_wait` seconds for them (None: until done); slower ones go on in the background.
+        self.step_wait = step_wait
+        self._stepping: dict[str, asyncio.Task[None]] = {}
 
     # ---- intake -------------------------------------------------------------------------------------------
 
@@ -149,16 +154,34 @@ class Controller:
     async def tick(self) -> None:
         """One step for every live run. Safe to call at any time, after any crash: it starts from the store."""
         with self.metrics.ticks.time():
+            started = []
             for run in await self.store.runs_in(LIVE):
-                try:
-                    await self._step(run)
-                except StoreUnavailable:
-                    self.metrics.store_errors.inc()
-                    self.log.error("store_unavailable", run_id=run.id, model=run.model)
-                except Exception:  # one broken run must not stop the others
-                    self.log.exception("step_failed", run_id=run.id, model=run.model)
+                if run.id in self._stepping:
+                    continue  # its previous step is still waiting on something
+                task = asyncio.create_task(self._guarded_step(run), name=f"step-{run.id}")
+                self._stepping[run.id] = task
+                task.add_done_callback(lambda _, run_id=run.id: self._stepping.pop(run_id, None))
+                started.append(task)
+            if started:
+                await asyncio.wait(started, timeout=self.step_wait)
             await self._start_queued()
             self.metrics.set_run_counts(await self.store.counts_by_phase())
+
+    async def _guarded_step(self, run: Run) -> None:
+        try:
+            await self._step(run)
+        except StoreUnavailable:
+            self.metrics.store_errors.inc()
+            self.log.error("store_unavailable", run_id=run.id, model=run.model)
+        except Exception:  # one broken run must not stop the others
+            self.log.exception("step_failed", run_id=run.id, model=run.model)
+
+    async def aclose(self) -> None:
+        """Stop steps still in flight (shutdown). Their runs are picked up where they are by the next process."""
+        tasks = list(self._stepping.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _step(self, run: Run) -> None:
         now = self.clock.now()
@@ -204,10 +227,15 @@ class Controller:
             await self._move(run, Phase.FAILED, f"no pipeline runner configured for model {run.model}")
             return
         request = await self._request(run)
+        attempts = int(run.extra.get("trigger_attempts", 0))  # type: ignore[call-overload]
         try:
-            ref = await runner.find(request)
+            # An earlier attempt, maybe by a process that died mid-call, may have started the pipeline already.
+            ref = await runner.find(request) if attempts else None
             how = "found the pipeline already started for this run"
             if ref is None:
+                # Persist the attempt before making it: after a crash the next process knows to look first.
+                if not await self._record(run, {"trigger_attempts": attempts + 1}):
+                    return  # the run moved on meanwhile (canceled, deadline)
                 ref = await runner.trigger(request)
                 how = "pipeline started"
         except PipelineError as exc:
@@ -258,8 +286,22 @@ class Controller:
             self.log.warning("pipeline_cancel_failed", run_id=run.id, model=run.model, error=str(exc))
 
     async def _move(self, run: Run, to: Phase, cause: str, **changes: Any) -> bool:
+        # `run` may be stale (read at the start of a tick): a callback may have recorded stages or an image
+        # since. Move the stored copy, so nothing recorded meanwhile is written over.
         async with self._lock:
-            return await self._move_locked(run, to, cause, **changes)
+            fresh = await self.store.get_run(run.id)
+            if fresh is None or fresh.phase is not run.phase:
+                self.log.info("transition_skipped", run_id=run.id, model=run.model, to=to.value, why="run moved on")
+                return False
+            return await self._move_locked(fresh, to, cause, **changes)
+
+    async def _record(self, run: Run, changes: Mapping[str, object]) -> bool:
+        """Save fields on the stored copy of a run still in `run.phase`; False if it moved on."""
+        async with self._lock:
+            fresh = await self.store.get_run(run.id)
+            if fresh is None or fresh.phase is not run.phase:
+                return False
+            return await self.store.update_run(_with_changes(fresh, changes))
 
     async def _move_locked(self, run: Run, to: Phase, cause: str, **changes: Any) -> bool:
         updated, t = transition(run, to, cause, self.clock.now(), self.deadlines, **changes)

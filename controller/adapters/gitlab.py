@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import gitlab
 import requests
 from gitlab.exceptions import GitlabAuthenticationError, GitlabError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from controller.ports import PipelineError, PipelineRef, PipelineRequest, PipelineStatus
 
@@ -29,6 +30,7 @@ PERMANENT = {400, 401, 403, 404, 422}
 # How far back to look for a pipeline of this run: GitLab's clock and ours may disagree a little.
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_CANDIDATES = 100
+MAX_OWNERS = 10_000
 
 
 class _Failure(Exception):
@@ -72,6 +74,8 @@ class GitlabRunner:
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         poll_interval: float = 0.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_threads: int = 8,
     ):
         self.gl = client
         self.project_id = project
@@ -84,8 +88,15 @@ class GitlabRunner:
         self.retry_total = retry_total
         self.backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
         self.poll_interval = poll_interval
+        self.sleep = sleep
         self._polled: dict[str, tuple[float, PipelineStatus]] = {}
+        # pipeline id -> the RETRAIN_RUN_ID it carries ("" for none). Variables never change, so each
+        # pipeline's are fetched once, however many lookups scan it.
+        self._owners: dict[int, str] = {}
         self._local = threading.local()
+        # Our own threads: the loop's default pool (cpu + 4) would queue calls behind slow ones and count the
+        # queueing against each call's timeout.
+        self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="gitlab")
         client.session.hooks["response"].append(self._remember_headers)
 
     # ---- plumbing -------------------------------------------------------------------------------------------
@@ -104,12 +115,17 @@ class GitlabRunner:
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._in_thread, fn), timeout=self.call_timeout + 5)
+            future = asyncio.get_running_loop().run_in_executor(self._threads, self._in_thread, fn)
+            return await asyncio.wait_for(future, timeout=self.call_timeout + 5)
         except asyncio.TimeoutError:
             raise _Failure("GitLab did not answer in time", ambiguous=True) from None
 
     def _project(self) -> Any:
         return self.gl.projects.get(self.project_id, lazy=True)
+
+    def _stop(self, state: RetryCallState) -> bool:
+        # Time spent waiting counts as well as time on the clock, so an injected sleep bounds the retries too.
+        return (state.seconds_since_start or 0.0) >= self.retry_total or state.idle_for >= self.retry_total
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -120,16 +136,20 @@ class GitlabRunner:
     async def _retrying(self, attempt: Callable[[], Any]) -> Any:
         try:
             async for round_ in AsyncRetrying(
-                stop=stop_after_delay(self.retry_total),
+                stop=self._stop,
                 wait=self._wait,
                 retry=retry_if_exception(lambda e: isinstance(e, _Failure) and not e.permanent),
                 reraise=True,
+                sleep=self.sleep,
             ):
                 with round_:
                     return await attempt()
         except _Failure as exc:
             raise PipelineError(str(exc), permanent=exc.permanent) from exc
         raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     # ---- the port -------------------------------------------------------------------------------------------
 
@@ -139,22 +159,25 @@ class GitlabRunner:
     async def _find(self, request: PipelineRequest) -> PipelineRef | None:
         since = (request.created_at - CLOCK_SKEW).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
+        source = "trigger" if self.trigger_token else "api"
+
         def candidates() -> list[Any]:
             listing = self._project().pipelines.list(
-                ref=self.ref, updated_after=since, order_by="id", sort="desc", iterator=True, per_page=100
-            )
-            out = []
-            for p in listing:
-                if p.attributes.get("source") in ("api", "trigger", None):
-                    out.append(p)
-                if len(out) >= MAX_CANDIDATES:
-                    break
-            return out
+                ref=self.ref, source=source, updated_after=since, order_by="id", sort="desc", iterator=True,
+                per_page=100,
+            )  # fmt: skip
+            return [p for _, p in zip(range(MAX_CANDIDATES), listing)]
 
         for pipeline in await self._call(candidates):
-            pid = pipeline.id
-            variables = await self._call(lambda: self._project().pipelines.get(pid, lazy=True).variables.list(get_all=True))
-            if any(v.key == "RETRAIN_RUN_ID" and v.value == request.run_id for v in variables):
+            pid = int(pipeline.id)
+            if pid not in self._owners:
+                variables = await self._call(
+                    lambda: self._project().pipelines.get(pid, lazy=True).variables.list(get_all=True)
+                )
+                if len(self._owners) >= MAX_OWNERS:
+                    self._owners.pop(next(iter(self._owners)))
+                self._owners[pid] = next((v.value for v in variables if v.key == "RETRAIN_RUN_ID"), "")
+            if self._owners[pid] == request.run_id:
                 return PipelineRef(id=str(pid), web_url=pipeline.attributes.get("web_url"))
         return None
 

@@ -223,3 +223,51 @@ async def test_prune_forgets_old_decisions_but_not_live_runs(world):
     assert removed == 1
     assert await world.store.count("episodes") == 1  # the run is still live: its episode must stay
     assert (await world.run(a.run_id)) is not None
+
+
+async def test_the_first_attempt_creates_at_once_later_ones_look_first(world):
+    world.runner.trigger_errors = [PipelineError("GitLab unreachable: ReadTimeout")]
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    assert world.runner.calls == [("trigger", d.run_id)]  # nothing can exist yet: no lookup
+    assert (await world.run(d.run_id)).extra["trigger_attempts"] == 1  # saved before the call was made
+    await world.restart()  # as after a crash mid-call: the next process must look before creating
+    await world.controller.tick()
+    assert world.runner.calls[1:] == [("find", d.run_id), ("trigger", d.run_id)]
+    assert (await world.run(d.run_id)).phase is Phase.TRAINING
+
+
+async def test_a_slow_pipeline_call_holds_up_only_its_own_run(tmp_path):
+    import asyncio
+
+    class SlowFirst(ScriptedRunner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = asyncio.Event()
+            self.entered: list[str] = []
+
+        async def trigger(self, request):
+            self.entered.append(request.run_id)
+            if not self.pipelines:  # the first run's create hangs until released
+                self.pipelines["hold"] = None  # type: ignore[assignment]
+                await self.release.wait()
+            return await super().trigger(request)
+
+    w = World(tmp_path)
+    w.runner = SlowFirst()
+    await w.start()
+    w.controller.step_wait = 0.05
+    w.controller.policy = replace(w.controller.policy, max_concurrent=2)
+    [a] = await w.send(am_alert())
+    [b] = await w.send(am_alert("SearchPrecisionDrop", model="search", fp="00000000000000bb"))
+    await w.controller.tick()
+    assert (await w.run(a.run_id)).phase is Phase.TRIGGERING
+    assert (await w.run(b.run_id)).phase is Phase.TRAINING  # not stuck behind the first
+    await w.controller.tick()  # the first run's step is still in flight: not started twice
+    assert w.runner.entered.count(a.run_id) == 1
+    w.runner.release.set()
+    await w.controller.tick()
+    await asyncio.sleep(0.05)
+    assert (await w.run(a.run_id)).phase is Phase.TRAINING
+    await w.controller.aclose()
+    await w.stop()
