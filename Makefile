@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/local.yaml
 
-.PHONY: run test deps test-deps lint bench clean
+.PHONY: run test deps test-deps kube-deps lint bench clean
 
 $(BIN)/python:
 	sh tests/infra/install-system-deps.sh base
@@ -20,8 +20,13 @@ $(VENV)/.test-deps: $(VENV)/.deps
 
 deps: $(VENV)/.deps
 
-test-deps: $(VENV)/.test-deps
+test-deps: $(VENV)/.test-deps kube-deps
 	sh tests/infra/install-system-deps.sh test
+	sh tests/infra/install-ci-tools.sh
+
+## kube-deps: kube-apiserver built once from Debian's kubernetes source (cached in ~/.cache), etcd, openssl
+kube-deps:
+	bash tests/infra/build-kube-apiserver.sh
 
 ## run: the controller with examples/local.yaml (a token is made for you unless one is set)
 run: deps
@@ -43,8 +48,14 @@ lint: $(VENV)/.test-deps
 	$(BIN)/lint-imports
 
 ## bench: figures for the README (by hand; not part of the test run)
-bench: deps
+$(VENV)/.bench-deps: $(VENV)/.deps
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-deps
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/trigger.py
+	$(BIN)/python bench/judge.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

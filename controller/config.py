@@ -143,6 +143,67 @@ class PipelineSettings(_Strict):
         return self
 
 
+class StepSettings(_Strict):
+    weight: int = Field(ge=1, le=100)  # percent of the replica budget
+    min_duration: Duration = timedelta(minutes=5)
+
+
+class CanarySettings(_Strict):
+    """Where the model runs on Kubernetes: a stable and a canary Deployment behind one Service."""
+
+    namespace: str
+    stable: str  # Deployment names
+    canary: str
+    container: str
+    total_replicas: int = Field(default=10, ge=1)
+    steps: list[StepSettings] = Field(
+        default_factory=lambda: [StepSettings(weight=10), StepSettings(weight=25), StepSettings(weight=50)]
+    )
+    ready_timeout: Duration = timedelta(minutes=10)  # a canary not ready by then rolls back
+    traffic: Literal["replicas"] = "replicas"  # where a mesh router (Istio, Gateway API) would plug in
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, value: list[StepSettings]) -> list[StepSettings]:
+        if not value:
+            raise ValueError("at least one step")
+        weights = [s.weight for s in value]
+        if weights != sorted(set(weights)):
+            raise ValueError(f"step weights must increase: {weights}")
+        return value
+
+
+class GuardrailSettings(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_.-]{1,40}$")
+    query: str  # PromQL giving one number for the canary (e.g. its error ratio or p99 latency)
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "GuardrailSettings":
+        if (self.max is None) == (self.min is None):
+            raise ValueError("a guardrail needs exactly one of `max` or `min`")
+        return self
+
+
+class AnalysisSettings(_Strict):
+    """The primary metric is a ratio of two counters (hits / trials, e.g. clicked / served slots), split by
+    `track_label` into stable and canary; counts are taken from raw counter values, not increase()."""
+
+    hits: str  # a counter selector, e.g. recsys_slot_hits_total{model="recsys"}
+    trials: str
+    track_label: str = "track"
+    tolerance: float = Field(default=0.05, ge=0, lt=1)  # the canary may be this much worse, relatively
+    indifference: float = Field(default=0.05, gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)  # P(roll back a canary that is fine)
+    beta: float = Field(default=0.05, gt=0, lt=0.5)  # P(promote a canary that is too bad)
+    overdispersion: float | None = Field(default=None, ge=1)  # design effect of correlated trials
+    min_trials: int = Field(default=1000, ge=0)  # per arm, before a PASS; also per step before the next
+    interval: Duration = timedelta(minutes=1)
+    max_no_data: int = Field(default=5, ge=0)  # consecutive NO_DATA/ERROR looks; one more rolls back
+    guardrails: list[GuardrailSettings] = Field(default_factory=list)
+
+
 class ModelSettings(_Strict):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
     matchers: list[str]
@@ -150,6 +211,14 @@ class ModelSettings(_Strict):
     cooldown: Duration | None = None
     daily_budget: int | None = Field(default=None, ge=1)
     pipeline: PipelineSettings
+    canary: CanarySettings | None = None
+    analysis: AnalysisSettings | None = None
+
+    @model_validator(mode="after")
+    def _analysed(self) -> "ModelSettings":
+        if self.canary is not None and self.analysis is None:
+            raise ValueError("a model with `canary` needs `analysis` (how to judge it)")
+        return self
 
     @field_validator("matchers")
     @classmethod

@@ -108,6 +108,17 @@ class Metrics:
         )
         self.ticks = Histogram(p + "tick_duration_seconds", "Duration of one reconcile step", registry=r)
         self.info = Gauge(p + "build_info", "Version and mode", ["version", "dry_run"], registry=r)
+        self.canary_weight = Gauge(p + "canary_weight", "Percent of the replica budget on the canary", ["model"], registry=r)
+        self.verdicts = Counter(p + "canary_verdicts_total", "Canary verdicts by kind", ["model", "verdict"], registry=r)
+        self.analysis_duration = Histogram(
+            p + "canary_analysis_duration_seconds", "From canary ready to the analysis' end", ["model", "outcome"],
+            buckets=(60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800), registry=r,
+        )  # fmt: skip
+        self.promotions = Counter(p + "promotions_total", "Canaries promoted to stable", ["model"], registry=r)
+        self.rollbacks = Counter(p + "rollbacks_total", "Canaries rolled back", ["model"], registry=r)
+        self.rollout_errors = Counter(
+            p + "rollout_errors_total", "Kubernetes calls that failed", ["model", "permanent"], registry=r
+        )
 
     def set_run_counts(self, counts: dict[str, int]) -> None:
         for phase in Phase:

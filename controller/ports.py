@@ -127,3 +127,67 @@ class PipelineRunner(Protocol):
     async def status(self, ref: PipelineRef) -> PipelineStatus: ...
 
     async def cancel(self, ref: PipelineRef) -> None: ...
+
+
+# ---- canary analysis ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """An instant query's outcome. `no_data` (empty result, or only NaN) is kept apart from `error`
+    (HTTP failure, bad query, timeout, unreachable): neither is evidence about the canary."""
+
+    outcome: str  # "value" | "no_data" | "error"
+    samples: tuple[Sample, ...] = ()
+    error: str = ""
+
+
+class MetricsSource(Protocol):
+    async def query(self, promql: str) -> QueryResult: ...
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    """What the API server says of one Deployment. `settled`: the controller has seen the latest spec
+    (observedGeneration) and every desired replica is updated and ready."""
+
+    image: str | None
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    settled: bool
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    stable: DeploymentStatus
+    canary: DeploymentStatus
+
+
+class RolloutError(Exception):
+    """A Kubernetes call failed. `permanent` (403, 404, 422: retrying cannot help) ends the attempt at once."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Rollout(Protocol):
+    """One model's stable and canary Deployments. Every call is idempotent: repeating it after a crash or a
+    timeout changes nothing more."""
+
+    async def status(self) -> RolloutStatus: ...
+
+    async def set_canary(self, image: str, replicas: int) -> None:
+        """Canary runs `image` with `replicas` pods (0: no canary). Stable is never touched."""
+        ...
+
+    async def promote(self, image: str) -> None:
+        """Stable runs `image`; the canary goes to 0."""
+        ...

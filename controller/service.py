@@ -16,6 +16,8 @@ from controller.core.runs import LIVE, Phase, Run, Transition, new_run, overdue,
 from controller.observability import Metrics, get_logger
 from controller.ports import (
     Clock,
+    MetricsSource,
+    Rollout,
     NotificationRecord,
     PipelineError,
     PipelineRef,
@@ -25,6 +27,9 @@ from controller.ports import (
     Store,
     StoreUnavailable,
 )
+from controller.rollouts import Canary, CanarySpec
+
+CANARY_PHASES = (Phase.DEPLOYING, Phase.ANALYZING, Phase.PROMOTING, Phase.ROLLING_BACK)
 
 
 class UnknownRun(LookupError):
@@ -59,6 +64,9 @@ class Controller:
         callback_base_url: str = "",
         alerts_limit: int = 9000,
         step_wait: float | None = None,
+        rollouts: Mapping[str, Rollout] | None = None,
+        canary_specs: Mapping[str, CanarySpec] | None = None,
+        metrics_source: MetricsSource | None = None,
     ):
         self.policy = policy
         self.deadlines = deadlines
@@ -79,6 +87,12 @@ class Controller:
         # A tick waits `step_wait` seconds for them (None: until done); slower ones go on in the background.
         self.step_wait = step_wait
         self._stepping: dict[str, asyncio.Task[None]] = {}
+        self.canaries: dict[str, Canary] = {}
+        for name, spec in (canary_specs or {}).items():
+            rollout = (rollouts or {}).get(name)
+            if rollout is None or metrics_source is None:
+                raise ValueError(f"model {name} has a canary spec but no rollout or metrics source")
+            self.canaries[name] = Canary(name, spec, rollout, metrics_source, clock, metrics, self._move, self._record)
 
     # ---- intake -------------------------------------------------------------------------------------------
 
@@ -185,7 +199,8 @@ class Controller:
 
     async def _step(self, run: Run) -> None:
         now = self.clock.now()
-        late = overdue(run, now)
+        paused = bool(run.extra.get("paused")) and run.phase in (Phase.DEPLOYING, Phase.ANALYZING)
+        late = None if paused else overdue(run, now)  # a paused canary waits for its operator, not the clock
         if late is not None:
             to, cause = late
             if run.pipeline_id and run.phase in (Phase.TRIGGERING, Phase.TRAINING):
@@ -196,6 +211,15 @@ class Controller:
             await self._trigger(run)
         elif run.phase is Phase.TRAINING:
             await self._follow(run)
+        elif run.phase in CANARY_PHASES:
+            canary = self.canaries.get(run.model)
+            if canary is not None:
+                await canary.step(run)
+            elif run.phase is Phase.DEPLOYING:
+                await self._move(run, Phase.ROLLING_BACK, f"model {run.model} has no canary configured; "
+                                 f"{run.image} was not deployed")  # fmt: skip
+            elif run.phase is Phase.ROLLING_BACK:
+                await self._move(run, Phase.ROLLED_BACK, "nothing was deployed")
 
     async def _start_queued(self) -> None:
         async with self._lock:
@@ -285,7 +309,9 @@ class Controller:
         except PipelineError as exc:
             self.log.warning("pipeline_cancel_failed", run_id=run.id, model=run.model, error=str(exc))
 
-    async def _move(self, run: Run, to: Phase, cause: str, **changes: Any) -> bool:
+    async def _move(
+        self, run: Run, to: Phase, cause: str, extra: Mapping[str, object] | None = None, **changes: Any
+    ) -> bool:
         # `run` may be stale (read at the start of a tick): a callback may have recorded stages or an image
         # since. Move the stored copy, so nothing recorded meanwhile is written over.
         async with self._lock:
@@ -293,6 +319,8 @@ class Controller:
             if fresh is None or fresh.phase is not run.phase:
                 self.log.info("transition_skipped", run_id=run.id, model=run.model, to=to.value, why="run moved on")
                 return False
+            if extra:
+                fresh = _with_changes(fresh, extra)
             return await self._move_locked(fresh, to, cause, **changes)
 
     async def _record(self, run: Run, changes: Mapping[str, object]) -> bool:
@@ -317,6 +345,58 @@ class Controller:
 
     def _count_transition(self, run: Run) -> None:
         self.metrics.transitions.labels(model=run.model, phase=run.phase.value).inc()
+
+    # ---- operator actions -----------------------------------------------------------------------------------
+
+    async def operate(self, run_id: str, action: str, who: str = "operator") -> dict[str, Any]:
+        """pause / resume / abort / promote a run. Idempotent where it can be: pausing a paused run is a no-op."""
+        async with self._lock:
+            run = await self.store.get_run(run_id)
+            if run is None:
+                raise UnknownRun(run_id)
+            if run.phase.terminal:
+                raise RunFinished(f"run {run_id} is {run.phase}")
+            now = self.clock.now()
+            canary_live = run.phase in (Phase.DEPLOYING, Phase.ANALYZING)
+            if action == "pause":
+                if not canary_live:
+                    raise Conflict(f"only a deploying or analyzing run can be paused; this one is {run.phase}")
+                if not run.extra.get("paused"):
+                    await self.store.update_run(_with_changes(run, {"paused": True, "paused_at": now.isoformat()}))
+                detail = f"paused by {who}: the canary holds its weight, no verdict acts, no deadline runs"
+            elif action == "resume":
+                if not run.extra.get("paused"):
+                    detail = "not paused"
+                else:
+                    since = datetime.fromisoformat(str(run.extra["paused_at"]))
+                    # The pause does not count against the phase's deadline.
+                    deadline = run.deadline_at + (now - since) if run.deadline_at else None
+                    resumed = replace(_with_changes(run, {"paused": False, "paused_at": None}), deadline_at=deadline)
+                    await self.store.update_run(resumed)
+                    detail = f"resumed by {who}"
+            elif action == "abort":
+                if canary_live:
+                    await self._move_locked(run, Phase.ROLLING_BACK, f"aborted by {who}")
+                elif run.phase in (Phase.QUEUED, Phase.TRIGGERING, Phase.TRAINING):
+                    if run.pipeline_id:
+                        await self._cancel_pipeline(run)
+                    await self._move_locked(run, Phase.CANCELED, f"aborted by {who}")
+                else:
+                    raise Conflict(f"run is {run.phase}: it is already finishing")
+                detail = f"aborted by {who}"
+            elif action == "promote":
+                if run.phase is not Phase.ANALYZING:
+                    raise Conflict(f"only an analyzing run can be promoted; this one is {run.phase}")
+                verdict = (run.extra.get("verdict") or {}).get("outcome", "none")  # type: ignore[union-attr]
+                await self._move_locked(run, Phase.PROMOTING, f"promoted by {who} (last verdict: {verdict})")
+                detail = f"promoted by {who}"
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        self.log.info("run_operated", run_id=run_id, model=run.model, action=action, detail=detail)
+        self.wake.set()
+        current = await self.store.get_run(run_id)
+        assert current is not None
+        return {"run_id": run_id, "phase": current.phase.value, "action": action, "detail": detail}
 
     # ---- pipeline news ------------------------------------------------------------------------------------
 

@@ -61,8 +61,12 @@ class CommandRunner:
             return ref  # launched before (we crashed after launching, or lost a race): never twice
         except OSError as exc:
             raise PipelineError(f"cannot prepare {d}: {exc.strerror}") from exc
-        env = {**os.environ, **self.env, **_variables(request)}
-        (d / "request.json").write_text(json.dumps({k: v for k, v in env.items() if k.startswith("RETRAIN_")}))
+        variables = _variables(request)
+        # The controller's own secrets (RETRAIN_CONTROLLER_*) never reach a pipeline.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+        env = {**inherited, **self.env, **variables}
+        kept = {k: v for k, v in variables.items() if k != "RETRAIN_CALLBACK_TOKEN"}  # no secret on disk
+        (d / "request.json").write_text(json.dumps(kept))
         try:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", _WRAPPER, "retrain-pipeline", str(d), *self.command,

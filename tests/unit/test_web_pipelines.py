@@ -61,13 +61,15 @@ async def test_the_pipeline_variables_carry_a_working_callback(env):
     r = await event(client, run_id, {"event": "image", "image": IMAGE, "metrics": {"precision_at_10": 0.071}})
     body = await r.json()
     assert r.status == 200 and body["effect"] == "move" and body["phase"] == "deploying"
-    run = await wait_phase(client, run_id, "deploying")
+    # This model has no canary configured: the run cannot deploy and says so.
+    run = await wait_phase(client, run_id, "rolled_back")
     assert run["image"] == IMAGE and run["extra"]["offline_metrics"] == {"precision_at_10": 0.071}
     assert run["extra"]["stages"] == [{"stage": "train", "status": "running", "detail": ""}]
-    r = await event(client, run_id, {"event": "image", "image": IMAGE})  # replay
-    assert r.status == 200 and (await r.json())["effect"] == "noop"
-    r = await event(client, run_id, {"event": "image", "image": IMAGE.replace("0f", "1e")})
-    assert r.status == 409
+    history = (await (await client.get(f"/api/v1/runs/{run_id}")).json())["history"]
+    assert [h["to"] for h in history][-3:] == ["deploying", "rolling_back", "rolled_back"]
+    assert "has no canary configured" in history[-2]["cause"]
+    r = await event(client, run_id, {"event": "image", "image": IMAGE})  # the run has ended: refused
+    assert r.status == 403
 
 
 async def test_failure_event_fails_the_run_and_later_events_are_refused(env):

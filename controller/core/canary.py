@@ -1,0 +1,85 @@
+"""The canary's step schedule and what a verdict means for it. Pure: the service does the I/O.
+
+One sequential test runs over the whole analysis (counts since the canary first became ready), so its error
+rates hold across steps; the steps only bound the blast radius. A step advances when it has lasted its minimum,
+the canary has served enough trials in it, and the judge has not found it worse (PASS or INCONCLUSIVE). The
+last step needs PASS: no promotion without evidence. FAIL, or too many looks in a row without usable data, rolls
+back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from controller.core.durations import format_duration
+from controller.core.judge import Outcome
+
+
+@dataclass(frozen=True)
+class Step:
+    weight: int  # percent of the replica budget given to the canary
+    min_duration: timedelta
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    steps: tuple[Step, ...]
+    total_replicas: int
+    interval: timedelta  # time between looks at the metrics
+    max_bad_looks: int  # consecutive NO_DATA / ERROR looks tolerated; one more rolls back
+    min_step_trials: float  # canary trials a step must see before the next step
+
+
+def canary_replicas(weight: int, total: int) -> int:
+    """Replica-ratio split: weight percent of the budget, at least one pod while there is a canary at all."""
+    if weight <= 0:
+        return 0
+    return max(1, math.ceil(weight * total / 100))
+
+
+class Next(StrEnum):
+    WAIT = "wait"
+    ADVANCE = "advance"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Move:
+    next: Next
+    reason: str
+    bad_looks: int
+
+
+def after_look(
+    plan: CanaryPlan, step: int, step_elapsed: timedelta, step_trials: float, outcome: Outcome, reason: str,
+    bad_looks: int,
+) -> Move:  # fmt: skip
+    """What to do after the judge's verdict at step `step` (0-based)."""
+    if outcome is Outcome.FAIL:
+        return Move(Next.ROLLBACK, f"canary failed analysis: {reason}", 0)
+    if outcome in (Outcome.NO_DATA, Outcome.ERROR):
+        bad = bad_looks + 1
+        if bad > plan.max_bad_looks:
+            return Move(Next.ROLLBACK, f"{bad} looks in a row without usable data (limit {plan.max_bad_looks}): {reason}", bad)
+        return Move(Next.WAIT, f"{outcome.value} ({bad} of {plan.max_bad_looks} tolerated): {reason}", bad)
+    last = step == len(plan.steps) - 1
+    if last:
+        if outcome is Outcome.PASS:
+            return Move(Next.PROMOTE, f"canary passed analysis: {reason}", 0)
+        return Move(Next.WAIT, reason, 0)
+    current = plan.steps[step]
+    if step_elapsed < current.min_duration:
+        return Move(Next.WAIT, f"step {step + 1} at {current.weight}% runs {format_duration(current.min_duration)}: {reason}", 0)
+    if step_trials < plan.min_step_trials:
+        return Move(Next.WAIT, f"step {step + 1} has {step_trials:g} canary trials of {plan.min_step_trials:g}: {reason}", 0)
+    nxt = plan.steps[step + 1]
+    return Move(Next.ADVANCE, f"step {step + 1} done, canary to {nxt.weight}%: {reason}", 0)
+
+
+def due(last_look_at: float | None, now: float, interval: timedelta) -> bool:
+    """Whether it is time for the next look (timestamps in seconds)."""
+    return last_look_at is None or now - last_look_at >= interval.total_seconds()

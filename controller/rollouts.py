@@ -1,0 +1,271 @@
+"""Runs from `deploying` to `succeeded` or `rolled_back`: canary steps on Kubernetes, looks at Prometheus, verdicts.
+
+One step per tick, everything it needs in the run (`extra["canary"]`), so a restarted controller carries on at the
+same step with the same counter readings. Decisions are the pure functions of core/canary.py and core/judge.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable, Mapping
+
+from controller.core.canary import CanaryPlan, Next, after_look, canary_replicas, due
+from controller.core.counters import Tally, advance, series_key, start
+from controller.core.durations import format_duration
+from controller.core.judge import Arm, Direction, Guardrail, JudgeConfig, Observation, Outcome, Source, Verdict, judge
+from controller.core.runs import Phase, Run
+from controller.observability import Metrics, get_logger
+from controller.ports import Clock, MetricsSource, QueryResult, Rollout, RolloutError, RolloutStatus
+
+MAX_MEASUREMENTS = 200
+ARMS = ("stable", "canary")
+
+
+@dataclass(frozen=True)
+class GuardrailSpec:
+    name: str
+    query: str
+    threshold: float
+    direction: Direction
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """Everything the canary of one model needs from config, in plain values."""
+
+    plan: CanaryPlan
+    judge: JudgeConfig
+    hits: str
+    trials: str
+    track_label: str
+    ready_timeout: timedelta
+    guardrails: tuple[GuardrailSpec, ...] = ()
+
+
+Move = Callable[..., Awaitable[bool]]  # (run, to, cause, **changes) -> moved?
+Record = Callable[[Run, Mapping[str, object]], Awaitable[bool]]
+
+
+@dataclass
+class Canary:
+    """The canary part of the controller's tick for one model."""
+
+    model: str
+    spec: CanarySpec
+    rollout: Rollout
+    source: MetricsSource
+    clock: Clock
+    metrics: Metrics
+    move: Move
+    record: Record
+    log: Any = field(default_factory=get_logger)
+
+    # ---- phases ---------------------------------------------------------------------------------------------
+
+    async def step(self, run: Run) -> None:
+        try:
+            if run.phase is Phase.DEPLOYING:
+                await self._deploying(run)
+            elif run.phase is Phase.ANALYZING:
+                await self._analyzing(run)
+            elif run.phase is Phase.PROMOTING:
+                await self._promoting(run)
+            elif run.phase is Phase.ROLLING_BACK:
+                await self._rolling_back(run)
+        except RolloutError as exc:
+            self.metrics.rollout_errors.labels(model=self.model, permanent=str(exc.permanent).lower()).inc()
+            if not exc.permanent:
+                self.log.warning("rollout_retry", run_id=run.id, model=self.model, phase=run.phase.value, error=str(exc))
+                return
+            if run.phase in (Phase.DEPLOYING, Phase.ANALYZING):
+                await self.move(run, Phase.ROLLING_BACK, f"Kubernetes refused: {exc}")
+            else:
+                await self.move(run, Phase.FAILED, f"Kubernetes refused while {run.phase}: {exc}; needs a human")
+
+    async def _deploying(self, run: Run) -> None:
+        assert run.image is not None
+        state = _state(run)
+        now = self.clock.now()
+        if not state:
+            status = await self.rollout.status()
+            state = {
+                "step": 0, "stage": "rolling", "stage_since": _iso(now), "previous_image": status.stable.image,
+                "analysis_started_at": None, "step_started_at": None, "tallies": None, "bad_looks": 0, "looks": 0,
+                "last_look_at": None, "step_trials_at_start": 0.0,
+                "totals": {arm: {"hits": 0.0, "trials": 0.0} for arm in ARMS},
+            }  # fmt: skip
+            # Record the plan before acting on it: after a crash the next process repeats the same call.
+            if not await self.record(run, {"canary": state, "previous_image": status.stable.image}):
+                return
+        await self._roll_to_step(run, state, now)
+
+    async def _roll_to_step(self, run: Run, state: dict[str, Any], now: datetime) -> None:
+        """Scale the canary to the current step and wait until it is ready; then judge."""
+        assert run.image is not None
+        weight = self.spec.plan.steps[state["step"]].weight
+        want = canary_replicas(weight, self.spec.plan.total_replicas)
+        self.metrics.canary_weight.labels(model=self.model).set(weight)
+        await self.rollout.set_canary(run.image, want)  # idempotent: the same spec again changes nothing
+        status = await self.rollout.status()
+        c = status.canary
+        if c.image == run.image and c.replicas == want and c.settled:
+            reading = await self._read_counters()
+            if reading is None:
+                return  # no baseline yet: try again next tick (bounded by the phase deadline)
+            state = {**state, "stage": "judging", "step_started_at": _iso(now), "stage_since": _iso(now)}
+            if state["analysis_started_at"] is None:
+                # The baseline: every count of the analysis is an increase since these raw values.
+                tallies = {m: {arm: start(reading[m][arm]).as_dict() for arm in ARMS} for m in ("hits", "trials")}
+                state.update(analysis_started_at=_iso(now), tallies=tallies)
+            state["step_trials_at_start"] = state["totals"]["canary"]["trials"]
+            cause = f"canary ready: {c.ready_replicas} pod(s) of {run.image} at step {state['step'] + 1} ({weight}%)"
+            if run.phase is Phase.DEPLOYING:
+                await self.move(run, Phase.ANALYZING, cause, extra={"canary": state})
+            else:
+                await self.record(run, {"canary": state})
+                self.log.info("canary_step", run_id=run.id, model=self.model, detail=cause)
+            return
+        waited = now - _at(state["stage_since"])
+        if waited >= self.spec.ready_timeout:
+            why = (f"canary not ready after {format_duration(self.spec.ready_timeout)}: {c.ready_replicas}/{want} ready,"
+                   f" {c.updated_replicas} updated, image {c.image}")  # fmt: skip
+            await self.move(run, Phase.ROLLING_BACK, why)
+
+    async def _analyzing(self, run: Run) -> None:
+        state = _state(run)
+        now = self.clock.now()
+        if run.extra.get("paused"):
+            return
+        if state.get("stage") != "judging":
+            await self._roll_to_step(run, state, now)
+            return
+        last_look = _at(state["last_look_at"]).timestamp() if state["last_look_at"] else None
+        if not due(last_look, now.timestamp(), self.spec.plan.interval):
+            return
+        verdict, state, measurement = await self._look(state, now)
+        self.metrics.verdicts.labels(model=self.model, verdict=verdict.outcome.value).inc()
+        step_elapsed = now - _at(state["step_started_at"])
+        step_trials = state["totals"]["canary"]["trials"] - state["step_trials_at_start"]
+        move = after_look(self.spec.plan, state["step"], step_elapsed, step_trials, verdict.outcome, verdict.reason,
+                          state["bad_looks"])  # fmt: skip
+        state = {**state, "bad_looks": move.bad_looks, "last_look_at": _iso(now), "looks": state["looks"] + 1}
+        measurements = (list(run.extra.get("measurements", [])) + [measurement])[-MAX_MEASUREMENTS:]  # type: ignore[call-overload]
+        self.log.info("canary_verdict", run_id=run.id, model=self.model, verdict=verdict.outcome.value,
+                      next=move.next.value, step=state["step"] + 1, reason=verdict.reason)  # fmt: skip
+        changes = {"canary": state, "measurements": measurements, "verdict": _verdict_json(verdict)}
+        if move.next is Next.ROLLBACK:
+            self._analysis_done(state, now, "rolled_back")
+            await self.move(run, Phase.ROLLING_BACK, move.reason, extra=changes)
+        elif move.next is Next.PROMOTE:
+            self._analysis_done(state, now, "promoted")
+            await self.move(run, Phase.PROMOTING, move.reason, extra=changes)
+        elif move.next is Next.ADVANCE:
+            state = {**state, "step": state["step"] + 1, "stage": "rolling", "stage_since": _iso(now)}
+            changes["canary"] = state
+            if await self.record(run, changes):
+                self.log.info("canary_advance", run_id=run.id, model=self.model, detail=move.reason)
+                await self._roll_to_step(replace(run, extra={**run.extra, **changes}), state, now)
+        else:
+            await self.record(run, changes)
+
+    async def _promoting(self, run: Run) -> None:
+        assert run.image is not None
+        await self.rollout.promote(run.image)
+        status = await self.rollout.status()
+        if _promoted(status, run.image):
+            self.metrics.canary_weight.labels(model=self.model).set(0)
+            self.metrics.promotions.labels(model=self.model).inc()
+            await self.move(run, Phase.SUCCEEDED, f"stable runs {run.image} on {status.stable.ready_replicas} pod(s)")
+
+    async def _rolling_back(self, run: Run) -> None:
+        status = await self.rollout.status()
+        if status.canary.replicas != 0 or not status.canary.settled:
+            await self.rollout.set_canary(status.canary.image or run.image or "", 0)
+            status = await self.rollout.status()
+        if status.canary.replicas == 0 and status.canary.settled:
+            self.metrics.canary_weight.labels(model=self.model).set(0)
+            self.metrics.rollbacks.labels(model=self.model).inc()
+            await self.move(run, Phase.ROLLED_BACK, f"canary scaled to 0; stable still runs {status.stable.image}")
+
+    # ---- looking --------------------------------------------------------------------------------------------
+
+    async def _read_counters(self) -> dict[str, dict[str, float]] | None:
+        hits, trials = await self.source.query(self.spec.hits), await self.source.query(self.spec.trials)
+        if hits.outcome != "value" or trials.outcome != "value":
+            return None
+        return {"hits": _by_arm(hits, self.spec.track_label), "trials": _by_arm(trials, self.spec.track_label)}
+
+    async def _look(self, state: dict[str, Any], now: datetime) -> tuple[Verdict, dict[str, Any], dict[str, Any]]:
+        hits, trials = await self.source.query(self.spec.hits), await self.source.query(self.spec.trials)
+        guardrails = []
+        for g in self.spec.guardrails:
+            res = await self.source.query(g.query)
+            value = res.samples[0].value if res.outcome == "value" and len(res.samples) == 1 else None
+            guardrails.append(Guardrail(g.name, value, g.threshold, g.direction))
+        elapsed = now - _at(state["step_started_at"])
+        bad = [r for r in (hits, trials) if r.outcome != "value"]
+        totals = state["totals"]
+        if bad:
+            worst = min(bad, key=lambda r: r.outcome != "error")  # an error outranks no data
+            source = Source.ERROR if worst.outcome == "error" else Source.NO_DATA
+            obs = Observation(None, None, elapsed, tuple(guardrails), source, worst.error or "no series")
+        else:
+            reading = {"hits": _by_arm(hits, self.spec.track_label), "trials": _by_arm(trials, self.spec.track_label)}
+            tallies = {
+                m: {arm: advance(Tally.from_dict(state["tallies"][m][arm]), reading[m][arm]) for arm in ARMS}
+                for m in ("hits", "trials")
+            }
+            totals = {arm: {m: tallies[m][arm].total for m in ("hits", "trials")} for arm in ARMS}
+            resets = sum(t.resets for by_arm in tallies.values() for t in by_arm.values())
+            state = {**state, "totals": totals, "resets": resets,
+                     "tallies": {m: {arm: t.as_dict() for arm, t in by_arm.items()} for m, by_arm in tallies.items()}}  # fmt: skip
+            obs = Observation(
+                Arm(**totals["stable"]), Arm(**totals["canary"]), elapsed, tuple(guardrails)
+            )
+        verdict = judge(obs, self.spec.judge)
+        measurement = {
+            "at": _iso(now), "step": state["step"] + 1, "weight": self.spec.plan.steps[state["step"]].weight,
+            "verdict": verdict.outcome.value, "reason": verdict.reason, "statistic": verdict.statistic,
+            "threshold": verdict.threshold, "ratio": verdict.ratio,
+            "stable": dict(totals["stable"]), "canary": dict(totals["canary"]),
+            "guardrails": {g.name: g.value for g in guardrails},
+        }  # fmt: skip
+        return verdict, state, measurement
+
+    def _analysis_done(self, state: dict[str, Any], now: datetime, outcome: str) -> None:
+        if state.get("analysis_started_at"):
+            seconds = (now - _at(state["analysis_started_at"])).total_seconds()
+            self.metrics.analysis_duration.labels(model=self.model, outcome=outcome).observe(seconds)
+
+
+def _by_arm(result: QueryResult, track_label: str) -> dict[str, dict[str, float]]:
+    """Raw counter values per series (per pod), split by the track label; other tracks are left out."""
+    out: dict[str, dict[str, float]] = {arm: {} for arm in ARMS}
+    for s in result.samples:
+        arm = s.labels.get(track_label)
+        if arm in out:
+            out[arm][series_key(s.labels)] = s.value
+    return out
+
+
+def _promoted(status: RolloutStatus, image: str) -> bool:
+    s, c = status.stable, status.canary
+    return s.image == image and s.settled and s.ready_replicas == s.replicas and c.replicas == 0 and c.settled
+
+
+def _state(run: Run) -> dict[str, Any]:
+    return dict(run.extra.get("canary") or {})  # type: ignore[call-overload]
+
+
+def _verdict_json(v: Verdict) -> dict[str, object]:
+    return {"outcome": v.outcome.value, "reason": v.reason, "statistic": v.statistic, "threshold": v.threshold,
+            "ratio": v.ratio}  # fmt: skip
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+def _at(s: str) -> datetime:
+    return datetime.fromisoformat(s)
