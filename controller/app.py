@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Mapping
 
 from aiohttp import web
@@ -15,7 +15,10 @@ from controller.adapters.command_runner import CommandRunner
 from controller.adapters.sqlite_store import SqliteStore
 from controller.config import Settings
 from controller.observability import Metrics, get_logger
-from controller.ports import Clock, PipelineRunner
+from controller.core.canary import CanaryPlan, Step
+from controller.core.judge import Direction, JudgeConfig
+from controller.ports import Clock, MetricsSource, PipelineRunner, Rollout
+from controller.rollouts import CanarySpec, GuardrailSpec
 from controller.service import Controller
 from controller.web import alerts, api, health, pipelines
 from controller.web.common import CTX, WebContext, json_errors, request_metrics
@@ -29,6 +32,8 @@ class Adapters:
     store: Any  # SqliteStore or anything with the same faces
     runners: Mapping[str, PipelineRunner]
     clock: Clock
+    rollouts: Mapping[str, Rollout] = field(default_factory=dict)
+    metrics_source: MetricsSource | None = None
 
 
 def build_adapters(settings: Settings) -> Adapters:
@@ -56,7 +61,50 @@ def build_adapters(settings: Settings) -> Adapters:
                 retry_total=settings.gitlab.retry_total.total_seconds(),
                 poll_interval=settings.gitlab.poll_interval.total_seconds(),
             )
-    return Adapters(store=store, runners=runners, clock=SystemClock())
+    rollouts: dict[str, Rollout] = {}
+    apps_api = None
+    for m in settings.models:
+        if m.canary is not None:
+            from controller.adapters.kubernetes import KubeRollout, make_apps_api
+
+            apps_api = apps_api or make_apps_api(settings.kubernetes.kubeconfig)
+            c = m.canary
+            rollouts[m.name] = KubeRollout(apps_api, c.namespace, c.stable, c.canary, c.container)
+    source = None
+    if rollouts:
+        from controller.adapters.prometheus import PrometheusSource
+
+        source = PrometheusSource(settings.prometheus.url, settings.prometheus.timeout.total_seconds())
+    return Adapters(store=store, runners=runners, clock=SystemClock(), rollouts=rollouts, metrics_source=source)
+
+
+def canary_specs(settings: Settings) -> dict[str, CanarySpec]:
+    specs = {}
+    for m in settings.models:
+        if m.canary is None or m.analysis is None:
+            continue
+        c, a = m.canary, m.analysis
+        specs[m.name] = CanarySpec(
+            plan=CanaryPlan(
+                steps=tuple(Step(s.weight, s.min_duration) for s in c.steps),
+                total_replicas=c.total_replicas,
+                interval=a.interval,
+                max_bad_looks=a.max_no_data,
+                min_step_trials=a.min_trials,
+            ),
+            judge=JudgeConfig(tolerance=a.tolerance, indifference=a.indifference, alpha=a.alpha, beta=a.beta,
+                              min_trials=a.min_trials, overdispersion=a.overdispersion),  # fmt: skip
+            hits=a.hits,
+            trials=a.trials,
+            track_label=a.track_label,
+            ready_timeout=c.ready_timeout,
+            guardrails=tuple(
+                GuardrailSpec(g.name, g.query, g.max if g.max is not None else g.min,  # type: ignore[arg-type]
+                              Direction.MAX if g.max is not None else Direction.MIN)  # fmt: skip
+                for g in a.guardrails
+            ),
+        )
+    return specs
 
 
 def callback_base_url(settings: Settings) -> str:
@@ -81,6 +129,9 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
         callback_secret=secret.get_secret_value() if (secret := settings.secrets.callback_secret) else None,
         callback_base_url=callback_base_url(settings),
         step_wait=settings.policy.tick_interval.total_seconds(),
+        rollouts=adapters.rollouts,
+        canary_specs={k: v for k, v in canary_specs(settings).items() if k in adapters.rollouts},
+        metrics_source=adapters.metrics_source,
     )
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -112,8 +163,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await controller.aclose()
-        for runner in adapters.runners.values():
-            close = getattr(runner, "aclose", None)
+        for part in [*adapters.runners.values(), *adapters.rollouts.values(), adapters.metrics_source]:
+            close = getattr(part, "aclose", None)
             if close is not None:
                 await close()
         await adapters.store.close()

@@ -92,7 +92,7 @@ class Canary:
             state = {
                 "step": 0, "stage": "rolling", "stage_since": _iso(now), "previous_image": status.stable.image,
                 "analysis_started_at": None, "step_started_at": None, "tallies": None, "bad_looks": 0, "looks": 0,
-                "last_look_at": None, "step_trials_at_start": 0.0,
+                "last_look_at": None, "carried": 0.0,
                 "totals": {arm: {"hits": 0.0, "trials": 0.0} for arm in ARMS},
             }  # fmt: skip
             # Record the plan before acting on it: after a crash the next process repeats the same call.
@@ -113,12 +113,14 @@ class Canary:
             reading = await self._read_counters()
             if reading is None:
                 return  # no baseline yet: try again next tick (bounded by the phase deadline)
-            state = {**state, "stage": "judging", "step_started_at": _iso(now), "stage_since": _iso(now)}
-            if state["analysis_started_at"] is None:
-                # The baseline: every count of the analysis is an increase since these raw values.
-                tallies = {m: {arm: start(reading[m][arm]).as_dict() for arm in ARMS} for m in ("hits", "trials")}
-                state.update(analysis_started_at=_iso(now), tallies=tallies)
-            state["step_trials_at_start"] = state["totals"]["canary"]["trials"]
+            # Each step is judged on its own counts (increases since these raw values), with the evidence of the
+            # steps before carried in: pooling counts across a change of split is biased when precision drifts.
+            tallies = {m: {arm: start(reading[m][arm]).as_dict() for arm in ARMS} for m in ("hits", "trials")}
+            state = {
+                **state, "stage": "judging", "step_started_at": _iso(now), "stage_since": _iso(now),
+                "tallies": tallies, "totals": {arm: {"hits": 0.0, "trials": 0.0} for arm in ARMS},
+                "analysis_started_at": state["analysis_started_at"] or _iso(now),
+            }  # fmt: skip
             cause = f"canary ready: {c.ready_replicas} pod(s) of {run.image} at step {state['step'] + 1} ({weight}%)"
             if run.phase is Phase.DEPLOYING:
                 await self.move(run, Phase.ANALYZING, cause, extra={"canary": state})
@@ -146,7 +148,7 @@ class Canary:
         verdict, state, measurement = await self._look(state, now)
         self.metrics.verdicts.labels(model=self.model, verdict=verdict.outcome.value).inc()
         step_elapsed = now - _at(state["step_started_at"])
-        step_trials = state["totals"]["canary"]["trials"] - state["step_trials_at_start"]
+        step_trials = state["totals"]["canary"]["trials"]
         move = after_look(self.spec.plan, state["step"], step_elapsed, step_trials, verdict.outcome, verdict.reason,
                           state["bad_looks"])  # fmt: skip
         state = {**state, "bad_looks": move.bad_looks, "last_look_at": _iso(now), "looks": state["looks"] + 1}
@@ -161,7 +163,8 @@ class Canary:
             self._analysis_done(state, now, "promoted")
             await self.move(run, Phase.PROMOTING, move.reason, extra=changes)
         elif move.next is Next.ADVANCE:
-            state = {**state, "step": state["step"] + 1, "stage": "rolling", "stage_since": _iso(now)}
+            carried = verdict.statistic if verdict.statistic is not None else state.get("carried", 0.0)
+            state = {**state, "step": state["step"] + 1, "stage": "rolling", "stage_since": _iso(now), "carried": carried}
             changes["canary"] = state
             if await self.record(run, changes):
                 self.log.info("canary_advance", run_id=run.id, model=self.model, detail=move.reason)
@@ -221,9 +224,11 @@ class Canary:
             state = {**state, "totals": totals, "resets": resets,
                      "tallies": {m: {arm: t.as_dict() for arm, t in by_arm.items()} for m, by_arm in tallies.items()}}  # fmt: skip
             obs = Observation(
-                Arm(**totals["stable"]), Arm(**totals["canary"]), elapsed, tuple(guardrails)
+                Arm(**totals["stable"]), Arm(**totals["canary"]), elapsed, tuple(guardrails),
+                carried_statistic=float(state.get("carried", 0.0)),
             )
-        verdict = judge(obs, self.spec.judge)
+        step = self.spec.plan.steps[state["step"]]
+        verdict = judge(obs, replace(self.spec.judge, min_duration=step.min_duration))
         measurement = {
             "at": _iso(now), "step": state["step"] + 1, "weight": self.spec.plan.steps[state["step"]].weight,
             "verdict": verdict.outcome.value, "reason": verdict.reason, "statistic": verdict.statistic,

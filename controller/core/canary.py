@@ -1,7 +1,8 @@
 """The canary's step schedule and what a verdict means for it. Pure: the service does the I/O.
 
-One sequential test runs over the whole analysis (counts since the canary first became ready), so its error
-rates hold across steps; the steps only bound the blast radius. A step advances when it has lasted its minimum,
+One sequential test runs over the whole analysis: each step is judged on its own counts (increases since the
+step's canary became ready) and the log-likelihood ratio of the earlier steps is carried into it, so the error
+rates hold across steps while no count is pooled across a change of traffic split. Steps bound the blast radius. A step advances when it has lasted its minimum,
 the canary has served enough trials in it, and the judge has not found it worse (PASS or INCONCLUSIVE). The
 last step needs PASS: no promotion without evidence. FAIL, or too many looks in a row without usable data, rolls
 back.

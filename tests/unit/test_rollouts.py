@@ -1,0 +1,260 @@
+"""The canary loop driven tick by tick: fake clock, fake rollout, counters the test serves, real SQLite store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from controller.adapters.sqlite_store import SqliteStore
+from controller.config import load_settings
+from controller.core.callbacks import ImageEvent
+from controller.core.canary import CanaryPlan, Step
+from controller.core.judge import Direction, JudgeConfig
+from controller.core.runs import Phase
+from controller.observability import Metrics
+from controller.ports import RolloutError
+from controller.rollouts import CanarySpec, GuardrailSpec
+from controller.service import Controller
+from tests.conftest import SECRETS_ENV, write_config
+from tests.fakes.clock import FakeClock
+from tests.fakes.rollout import CounterSource, FakeRollout
+from tests.fakes.runner import ScriptedRunner
+from tests.unit.payloads import am_alert, notification
+from controller.core.alerts import Notification
+
+IMAGE = "registry.example/recsys@sha256:" + "b" * 64
+OLD = "registry.example/recsys@sha256:" + "a" * 64
+GUARD = "canary_error_ratio"
+
+
+def spec(**kw: object) -> CanarySpec:
+    base = dict(
+        plan=CanaryPlan(steps=(Step(10, timedelta(minutes=5)), Step(50, timedelta(minutes=5))), total_replicas=10,
+                        interval=timedelta(minutes=1), max_bad_looks=2, min_step_trials=1000),
+        judge=JudgeConfig(min_trials=1000, overdispersion=1.0),
+        hits="hits_total{model=\"recsys\"}", trials="trials_total{model=\"recsys\"}", track_label="track",
+        ready_timeout=timedelta(minutes=10),
+        guardrails=(GuardrailSpec("error_ratio", GUARD, 0.01, Direction.MAX),),
+    )  # fmt: skip
+    base.update(kw)
+    return CanarySpec(**base)  # type: ignore[arg-type]
+
+
+class World:
+    def __init__(self, tmp_path: Path, canary_spec: CanarySpec | None = None):
+        self.settings = load_settings(write_config(tmp_path), SECRETS_ENV)
+        self.clock = FakeClock()
+        self.runner = ScriptedRunner()
+        self.rollout = FakeRollout()
+        self.source = CounterSource()
+        self.source.scalars[GUARD] = 0.001
+        self.source.serve((0, 0), (0, 0))  # the counters exist before the canary starts
+        self.spec = canary_spec or spec()
+        self.store: SqliteStore | None = None
+
+    async def start(self) -> Controller:
+        self.store = SqliteStore(self.settings.store.path)
+        await self.store.open()
+        self.controller = Controller(
+            policy=self.settings.policy_config(), deadlines=self.settings.policy.deadlines, store=self.store,
+            runners={"recsys": self.runner}, clock=self.clock, metrics=Metrics(),
+            rollouts={"recsys": self.rollout}, canary_specs={"recsys": self.spec}, metrics_source=self.source,
+        )  # fmt: skip
+        return self.controller
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    async def deploying_run(self) -> str:
+        n = Notification.model_validate(notification(am_alert()))
+        [d] = await self.controller.handle_notification(n, "{}")
+        await self.controller.tick()  # triggers the pipeline
+        await self.controller.handle_pipeline_event(d.run_id, ImageEvent(event="image", image=IMAGE))
+        return str(d.run_id)
+
+    async def run(self, run_id: str):
+        assert self.store is not None
+        return await self.store.get_run(run_id)
+
+    async def minute(self, stable: tuple[float, float], canary: tuple[float, float]) -> None:
+        self.source.serve(stable, canary)
+        self.clock.advance(minutes=1)
+        await self.controller.tick()
+
+    async def until_end(self, run_id: str, stable, canary, limit: int = 400) -> list[Phase]:
+        seen = []
+        for _ in range(limit):
+            await self.minute(stable, canary)
+            run = await self.run(run_id)
+            if not seen or seen[-1] is not run.phase:
+                seen.append(run.phase)
+            if run.phase.terminal:
+                return seen
+        raise AssertionError(f"no end after {limit} minutes: {seen}")
+
+
+@pytest.fixture
+async def world(tmp_path):
+    w = World(tmp_path)
+    await w.start()
+    yield w
+    await w.stop()
+
+
+EQUAL = ((450, 9000), (50, 1000))  # 5% precision on both arms, 10% of the traffic on the canary
+WORSE = ((450, 9000), (40, 1000))  # canary 20% worse
+
+
+async def test_a_good_canary_walks_the_steps_and_is_promoted(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    run = await world.run(run_id)
+    assert run.phase is Phase.ANALYZING and run.extra["previous_image"] == OLD
+    assert world.rollout.calls[0] == ("set_canary", (IMAGE, 1))  # 10% of 10 replicas
+    phases = await world.until_end(run_id, *EQUAL)
+    assert phases == [Phase.ANALYZING, Phase.PROMOTING, Phase.SUCCEEDED]
+    run = await world.run(run_id)
+    assert ("set_canary", (IMAGE, 5)) in world.rollout.calls  # the 50% step came before promotion
+    assert world.rollout.stable.image == IMAGE and world.rollout.canary.replicas == 0
+    verdicts = [m["verdict"] for m in run.extra["measurements"]]
+    assert verdicts[-1] == "pass" and "fail" not in verdicts
+    steps = [m["step"] for m in run.extra["measurements"]]
+    assert steps == sorted(steps) and steps[0] == 1 and steps[-1] == 2
+    # no PASS before the last step had its minimum duration
+    last_step = [m for m in run.extra["measurements"] if m["step"] == 2]
+    assert len(last_step) >= 5
+
+
+async def test_a_worse_canary_is_rolled_back_and_stable_is_untouched(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    phases = await world.until_end(run_id, *WORSE)
+    assert phases == [Phase.ANALYZING, Phase.ROLLING_BACK, Phase.ROLLED_BACK]
+    run = await world.run(run_id)
+    assert run.extra["measurements"][-1]["verdict"] == "fail"
+    assert world.rollout.stable.image == OLD and world.rollout.stable.replicas == 10
+    assert world.rollout.canary.replicas == 0
+    assert ("promote", IMAGE) not in world.rollout.calls
+
+
+async def test_a_canary_without_traffic_is_never_promoted(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    phases = await world.until_end(run_id, (450, 9000), (0, 0), limit=400)
+    assert Phase.PROMOTING not in phases and phases[-1] is Phase.ROLLED_BACK
+    why = (await world.store.history(run_id))[-2].cause
+    assert "deadline" in why or "without usable data" in why, why
+
+
+async def test_metrics_source_down_is_error_then_rollback_after_the_limit(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    await world.minute(*EQUAL)
+    world.source.down = True
+    for _ in range(2):
+        await world.minute(*EQUAL)
+        assert (await world.run(run_id)).phase is Phase.ANALYZING  # tolerated: 2 in a row
+    await world.minute(*EQUAL)
+    run = await world.run(run_id)
+    assert run.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+    assert "3 looks in a row without usable data" in run.cause and "connection refused" in run.cause
+    assert [m["verdict"] for m in run.extra["measurements"]][-3:] == ["error"] * 3
+
+
+async def test_guardrail_breach_fails_at_once(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    world.source.scalars[GUARD] = 0.2
+    await world.minute(*EQUAL)
+    run = await world.run(run_id)
+    assert run.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK) and "guardrail error_ratio breached" in run.cause
+
+
+async def test_a_canary_that_never_gets_ready_rolls_back(world):
+    world.rollout.auto_ready = False
+    run_id = await world.deploying_run()
+    for _ in range(9):
+        await world.minute(*EQUAL)
+        assert (await world.run(run_id)).phase is Phase.DEPLOYING
+    for _ in range(3):
+        await world.minute(*EQUAL)
+    run = await world.run(run_id)
+    assert run.phase is Phase.ROLLED_BACK
+    history = await world.store.history(run_id)
+    assert "canary not ready after 10m" in history[-2].cause
+
+
+async def test_restart_mid_analysis_resumes_at_the_same_step_with_the_same_baseline(world, tmp_path):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    for _ in range(3):
+        await world.minute(*EQUAL)
+    before = await world.run(run_id)
+    await world.stop()
+    world.source.serve(*EQUAL)  # traffic while the controller was down still counts
+    await world.start()
+    await world.minute(*EQUAL)
+    after = await world.run(run_id)
+    assert after.extra["canary"]["step"] == before.extra["canary"]["step"]
+    assert after.extra["canary"]["step_started_at"] == before.extra["canary"]["step_started_at"]
+    assert after.extra["canary"]["totals"]["canary"]["trials"] == before.extra["canary"]["totals"]["canary"]["trials"] + 2000
+
+
+async def test_counter_reset_mid_step_is_counted_from_zero(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    world.source.serve(*EQUAL)
+    await world.minute(*EQUAL)  # canary p0 at 100 hits / 2000 trials
+    # the canary pod restarts: its counters start again from 0, then serve a minute
+    world.source.values[("hits_total", "canary", "p0")] = 0
+    world.source.values[("trials_total", "canary", "p0")] = 0
+    await world.minute(*EQUAL)
+    run = await world.run(run_id)
+    assert run.extra["canary"]["totals"]["canary"] == {"hits": 150, "trials": 3000}
+    assert run.extra["canary"]["resets"] == 2
+
+
+async def test_transient_kubernetes_errors_retry_permanent_ones_roll_back(world):
+    run_id = await world.deploying_run()
+    world.rollout.errors = [RolloutError("503 Service Unavailable"),
+                            RolloutError("403 Forbidden: cannot patch deployments", permanent=True)]  # fmt: skip
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.DEPLOYING  # transient: tried again next tick
+    await world.controller.tick()
+    history = await world.store.history(run_id)
+    assert history[-1].to_phase is Phase.ROLLING_BACK
+    assert history[-1].cause == "Kubernetes refused: 403 Forbidden: cannot patch deployments"
+
+
+async def test_operator_pause_resume_abort_promote(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    await world.controller.operate(run_id, "pause", "sre")
+    for _ in range(300):  # far past the analyzing deadline: a paused canary waits
+        world.clock.advance(minutes=1)
+        await world.controller.tick()
+    run = await world.run(run_id)
+    assert run.phase is Phase.ANALYZING and run.extra["paused"] is True
+    assert run.extra["canary"]["looks"] == 0
+    await world.controller.operate(run_id, "resume", "sre")
+    run = await world.run(run_id)
+    assert run.deadline_at > world.clock.now()  # the pause did not count against the deadline
+    await world.controller.operate(run_id, "promote", "sre")
+    assert (await world.run(run_id)).phase is Phase.PROMOTING
+    await world.controller.tick()
+    run = await world.run(run_id)
+    assert run.phase is Phase.SUCCEEDED and world.rollout.stable.image == IMAGE
+    assert "promoted by sre" in (await world.store.history(run_id))[-2].cause
+
+
+async def test_operator_abort_rolls_a_canary_back(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    result = await world.controller.operate(run_id, "abort", "sre")
+    assert result["phase"] == "rolling_back"
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.ROLLED_BACK and world.rollout.canary.replicas == 0
