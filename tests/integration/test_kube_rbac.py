@@ -2,11 +2,11 @@
 
 The controller authenticates with a real ServiceAccount token (TokenRequest API) whose only rights come from
 k8s/rolebinding.yaml. The admin sets up the model's objects and plays the kubelet by patching /status.
+`cluster` and `admin` come from conftest.py: one API server for the whole session.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,17 +17,6 @@ from tests.infra.kube import KubeCluster
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"
 NS, ELSEWHERE, CONTROLLER_NS = "recsys", "search", "retrain-controller"
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
-    started = time.monotonic()
-    c = kube.start_kube(tmp_path_factory.mktemp("kube"), timeout=30)
-    print(f"kube-apiserver ready in {time.monotonic() - started:.1f}s")
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def deployment(name: str, track: str, image: str = "registry.example/recsys:1", replicas: int = 2) -> Any:
@@ -44,12 +33,6 @@ def deployment(name: str, track: str, image: str = "registry.example/recsys:1", 
             ),
         ),
     )
-
-
-@pytest.fixture(scope="session")
-def admin(cluster: KubeCluster) -> Iterator[Any]:
-    with cluster.api_client() as api:
-        yield api
 
 
 @pytest.fixture(scope="session")
