@@ -51,12 +51,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def config(tmp: Path, port: int, gitlab_url: str, models: int, cap: int) -> Path:
+def config(tmp: Path, port: int, gitlab_url: str, models: int, cap: int, poll: str) -> Path:
     cfg = {
         "server": {"port": port, "log_level": "warning", "log_format": "json"},
         "store": {"path": str(tmp / "store.db")},
         "policy": {"max_concurrent_runs": cap, "tick_interval": "100ms", "cooldown": "1h"},
-        "gitlab": {"url": gitlab_url, "timeout": "10s", "retry_total": "30s", "poll_interval": "0s"},
+        "gitlab": {"url": gitlab_url, "timeout": "10s", "retry_total": "30s", "poll_interval": poll},
         "models": [
             {
                 "name": f"m{i:03d}",
@@ -96,7 +96,7 @@ def post_alert(url: str, model: str) -> None:
 
 
 class Controller:
-    def __init__(self, tmp: Path, gitlab_url: str, models: int, cap: int):
+    def __init__(self, tmp: Path, gitlab_url: str, models: int, cap: int, poll: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_CONTROLLER_")}
@@ -104,7 +104,7 @@ class Controller:
                    RETRAIN_CONTROLLER_CALLBACK_SECRET="bench-callback-secret")  # fmt: skip
         self.log = (tmp / "controller.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "serve", "--config", str(config(tmp, self.port, gitlab_url, models, cap))],
+            [sys.executable, "-m", "controller", "serve", "--config", str(config(tmp, self.port, gitlab_url, models, cap, poll))],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_http(f"{self.url}/readyz", 30)
@@ -142,7 +142,8 @@ def latency(latency_s: float, n: int) -> dict[str, Any]:
     fake = FakeGitlab(latency=latency_s)
     with fake.serve_in_thread() as gitlab_url, tempfile.TemporaryDirectory() as tmp:
         baseline = direct_creates(fake, gitlab_url, n)
-        ctl = Controller(Path(tmp), gitlab_url, n, cap=n)
+        # Pipelines keep running here, so live runs pile up: poll them at a production-like pace.
+        ctl = Controller(Path(tmp), gitlab_url, n, cap=n, poll="30s")
         try:
             samples = []
             for i in range(n):
@@ -165,7 +166,7 @@ def latency(latency_s: float, n: int) -> dict[str, Any]:
 def throughput(n: int, cap: int) -> dict[str, Any]:
     fake = FakeGitlab()
     with fake.serve_in_thread() as gitlab_url, tempfile.TemporaryDirectory() as tmp:
-        ctl = Controller(Path(tmp), gitlab_url, n, cap)
+        ctl = Controller(Path(tmp), gitlab_url, n, cap, poll="0s")  # polling is what frees the slots here
         stop = threading.Event()
         most = 0
 

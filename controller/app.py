@@ -20,7 +20,7 @@ from controller.core.judge import Direction, JudgeConfig
 from controller.ports import Clock, MetricsSource, PipelineRunner, Rollout
 from controller.rollouts import CanarySpec, GuardrailSpec
 from controller.service import Controller
-from controller.web import alerts, api, health, pipelines
+from controller.web import alerts, api, health, ops, pipelines
 from controller.web.common import CTX, WebContext, json_errors, request_metrics
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -146,6 +146,10 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
     app.router.add_get("/api/v1/runs", api.list_runs)
     app.router.add_get("/api/v1/runs/{run_id}", api.get_run)
     app.router.add_get("/api/v1/alerts", api.list_alerts)
+    for action in ops.RUN_ACTIONS:
+        app.router.add_post(f"/api/v1/runs/{{run_id}}/{action}", ops.run_action(action))
+    for action in ops.MODEL_ACTIONS:
+        app.router.add_post(f"/api/v1/models/{{model}}/{action}", ops.model_action(action))
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)

@@ -7,12 +7,12 @@ import json
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol, cast
 
 from controller.core.alerts import Alert, Notification, format_ts
 from controller.core.callbacks import FailedEvent, ImageEvent, StageEvent, callback_token, effect_of
 from controller.core.policy import Decision, PolicyConfig, decide, rate_limit, runs_to_start
-from controller.core.runs import LIVE, Phase, Run, Transition, new_run, overdue, transition
+from controller.core.runs import LIVE, TERMINAL as TERMINAL_PHASES, Phase, Run, Transition, new_run, overdue, transition
 from controller.observability import Metrics, get_logger
 from controller.ports import (
     Clock,
@@ -42,6 +42,32 @@ class RunFinished(Exception):
 
 class Conflict(Exception):
     pass
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+class OpsStore(Protocol):
+    """What the operator actions need from the store beyond the Store port."""
+
+    async def create_run(self, run: Run, transition: Transition) -> None: ...
+
+    async def model_controls(self) -> dict[str, dict[str, Any]]: ...
+
+    async def set_model_paused(
+        self, model: str, paused: bool, by: str, reason: str, at: datetime
+    ) -> tuple[bool, dict[str, Any]]: ...
+
+    async def audit_model(self, model: str, action: str, by: str, reason: str, at: datetime,
+                          run_id: str | None = None, changed: bool = True) -> None: ...  # fmt: skip
+
+    async def model_audit(self, model: str, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    async def last_run_in(self, model: str, phases: frozenset[Phase]) -> Run | None: ...
+
+
+RETRYABLE = frozenset({Phase.FAILED, Phase.ROLLED_BACK, Phase.CANCELED})
 
 
 def new_run_id() -> str:
@@ -397,6 +423,160 @@ class Controller:
         current = await self.store.get_run(run_id)
         assert current is not None
         return {"run_id": run_id, "phase": current.phase.value, "action": action, "detail": detail}
+
+    # ---- operator API: audited, idempotent actions on runs and models ------------------------------------------
+
+    @property
+    def _ops(self) -> OpsStore:
+        return cast(OpsStore, self.store)
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.policy.models]
+
+    def _audit_entry(self, action: str, who: str, why: str, changed: bool, detail: str, **more: Any) -> dict[str, Any]:
+        entry = {"at": format_ts(self.clock.now()), "action": action, "by": who, "reason": why, "changed": changed,
+                 "detail": detail}  # fmt: skip
+        entry.update(more)
+        return entry
+
+    async def _audit_run(self, run_id: str, entry: Mapping[str, Any]) -> None:
+        async with self._lock:
+            fresh = await self.store.get_run(run_id)
+            if fresh is None:
+                return
+            audit = list(fresh.extra.get("audit") or [])  # type: ignore[call-overload]
+            audit.append(dict(entry))
+            await self.store.update_run(_with_changes(fresh, {"audit": audit}))
+
+    async def act_on_run(self, run_id: str, action: str, who: str, why: str = "") -> dict[str, Any]:
+        """abort / promote / pause / resume / retry a run on an operator's word, audited on the run.
+
+        Raises UnknownRun (404) and Conflict or RunFinished (409). Repeating an action that already took effect
+        answers `changed: false`.
+        """
+        if action == "retry":
+            return await self._retry(run_id, who, why)
+        before = await self.store.get_run(run_id)
+        if before is None:
+            raise UnknownRun(run_id)
+        by = f"{who}: {why}" if why else who
+        unchanged: str | None = None
+        if action == "abort":
+            if before.phase is Phase.SUCCEEDED:
+                raise Conflict(f"run {run_id} succeeded: its image was promoted, there is nothing to abort")
+            if before.phase.terminal or before.phase is Phase.ROLLING_BACK:
+                unchanged = f"run is already {before.phase}: nothing to abort"
+        elif action == "promote":
+            if before.phase in (Phase.PROMOTING, Phase.SUCCEEDED):
+                unchanged = f"run is already {before.phase}"
+            elif before.phase is not Phase.ANALYZING:
+                raise Conflict(f"only an analyzing run can be promoted; run {run_id} is {before.phase}")
+        elif action == "pause":
+            if before.extra.get("paused") and not before.phase.terminal:
+                unchanged = "already paused"
+        elif action == "resume":
+            if not before.extra.get("paused") and not before.phase.terminal:
+                unchanged = "not paused"
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        if unchanged is not None:
+            result = {"run_id": run_id, "phase": before.phase.value, "action": action, "detail": unchanged}
+            changed = False
+        else:
+            result = await self.operate(run_id, action, by)
+            changed = True
+        entry = self._audit_entry(action, who, why, changed, str(result["detail"]))
+        await self._audit_run(run_id, entry)
+        return {**result, "changed": changed, "audit": entry}
+
+    async def _retry(self, run_id: str, who: str, why: str) -> dict[str, Any]:
+        old = await self.store.get_run(run_id)
+        if old is None:
+            raise UnknownRun(run_id)
+        if old.phase not in RETRYABLE:
+            raise Conflict(f"only a failed, rolled back or canceled run can be retried; run {run_id} is {old.phase}")
+        cause = f"retry of run {run_id} by {who}" + (f": {why}" if why else "")
+        entry = self._audit_entry("retry", who, why, True, cause, retry_of=run_id)
+        run = await self._start_manual(old.model, old.reasons or ("manual",), cause, {"retry_of": run_id,
+                                                                                      "audit": [entry]})  # fmt: skip
+        await self._audit_run(run_id, {**entry, "detail": f"retried as run {run.id}", "new_run": run.id})
+        await self._ops.audit_model(old.model, "retry", who, why, self.clock.now(), run_id=run.id)
+        return {"run_id": run.id, "retry_of": run_id, "model": run.model, "phase": run.phase.value,
+                "action": "retry", "detail": cause, "changed": True, "audit": entry}  # fmt: skip
+
+    async def retrain(self, model: str, who: str, why: str = "") -> dict[str, Any]:
+        """A manual run for `model`: not held by cooldown or budget, queued when the concurrency cap is full."""
+        if model not in self.model_names():
+            raise UnknownModel(model)
+        cause = f"manual retrain by {who}" + (f": {why}" if why else "")
+        entry = self._audit_entry("retrain", who, why, True, cause)
+        run = await self._start_manual(model, ("manual",), cause, {"manual_reason": why, "audit": [entry]})
+        await self._ops.audit_model(model, "retrain", who, why, self.clock.now(), run_id=run.id)
+        return {"run_id": run.id, "model": model, "phase": run.phase.value, "action": "retrain", "detail": cause,
+                "changed": True, "audit": entry}  # fmt: skip
+
+    async def _start_manual(self, model: str, reasons: tuple[str, ...], cause: str, extra: Mapping[str, Any]) -> Run:
+        async with self._lock:
+            now = self.clock.now()
+            state = await self.store.policy_state(
+                episodes=[], models=[model], now=now, window_start=now - self.policy.budget_window,
+                dry_run=self.dry_run,
+            )  # fmt: skip
+            live = state.models[model].live_run
+            if live is not None:
+                raise Conflict(f"model {model} has a live run {live}: abort it or wait for it to end")
+            queued = state.active_runs >= self.policy.max_concurrent
+            phase = Phase.QUEUED if queued else Phase.TRIGGERING
+            why = f"{cause} (queued: {self.policy.max_concurrent} runs already active)" if queued else cause
+            run, t = new_run(self.new_id(), model, phase, reasons, now, self.deadlines, why, trigger="manual",
+                             dry_run=self.dry_run)  # fmt: skip
+            run = _with_changes(run, extra)
+            await self._ops.create_run(run, t)
+            self._count_transition(run)
+            if self.dry_run:
+                await self._move_locked(run, Phase.CANCELED, "dry run: no pipeline was started")
+        self.log.info("manual_run", run_id=run.id, model=model, phase=run.phase.value, cause=why)
+        self.wake.set()
+        current = await self.store.get_run(run.id)
+        assert current is not None
+        return current
+
+    async def set_model_paused(self, model: str, paused: bool, who: str, why: str = "") -> dict[str, Any]:
+        """Pause (alerts are recorded, start nothing) or resume a model. Persisted and audited; idempotent."""
+        if model not in self.model_names():
+            raise UnknownModel(model)
+        async with self._lock:  # decisions read the pause under the same lock
+            changed, control = await self._ops.set_model_paused(model, paused, who, why, self.clock.now())
+        action = "pause" if paused else "resume"
+        self.log.info("model_operated", model=model, action=action, by=who, reason=why, changed=changed)
+        return {"model": model, "action": action, "changed": changed, "paused": control["paused"],
+                "by": control["by"], "since": control["at"], "reason": control["reason"]}  # fmt: skip
+
+    async def models_status(self) -> list[dict[str, Any]]:
+        """model_overview, plus pause, stable image, last outcome and the latest operator actions."""
+        controls = await self._ops.model_controls()
+        out = []
+        for item in await self.model_overview():
+            name = item["name"]
+            control = controls.get(name) or {"paused": False}
+            done = await self._ops.last_run_in(name, frozenset({Phase.SUCCEEDED}))
+            last = await self._ops.last_run_in(name, TERMINAL_PHASES)
+            stable = done.image if done else None
+            if stable is None and last is not None:
+                stable = last.extra.get("previous_image")  # type: ignore[assignment]
+            out.append(
+                {
+                    **item,
+                    "paused": {"by": control["by"], "since": control["at"], "reason": control["reason"]}
+                    if control["paused"] else None,
+                    "stable_image": stable,
+                    "last_outcome": {"run_id": last.id, "phase": last.phase.value, "cause": last.cause,
+                                     "ended_at": format_ts(last.ended_at) if last.ended_at else None}
+                    if last else None,
+                    "audit": await self._ops.model_audit(name, 10),
+                }
+            )  # fmt: skip
+        return out
 
     # ---- pipeline news ------------------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from controller.observability import get_logger
 from controller.ports import DeploymentStatus, RolloutError, RolloutStatus
@@ -113,6 +113,20 @@ def classify(exc: ApiException, verb: str, name: str, namespace: str) -> KubeFai
     if status in TRANSIENT_STATUSES or status >= 500:
         return KubeFailure(message, retry_after=_retry_after(exc.headers))
     return KubeFailure(message, permanent=True)
+
+
+def transport_problem(exc: BaseException, timeout: float) -> str:
+    """A failure below HTTP (refused, reset, timed out, TLS), in a few words."""
+    cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):  # (a subclass of the connect timeout)
+        # "HTTPSConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] ...": the
+        # connection's repr says nothing the message's start does not.
+        detail = str(cause).removeprefix(f"{getattr(cause, 'conn', None)}: ")
+    elif isinstance(cause, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return f"API server did not answer within {timeout:g}s"
+    else:
+        detail = str(cause) or type(cause).__name__
+    return f"API server unreachable: {' '.join(detail.split())}"
 
 
 def is_settled(
@@ -239,7 +253,7 @@ class KubeRollout:
         self.call_timeout = call_timeout
         self.retry_total = retry_total
         self.sleep = sleep
-        self.backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self.backoff = wait_random_exponential(multiplier=backoff_initial, max=backoff_max)  # full jitter
         self.max_conflicts = max_conflicts
         self.log = get_logger()
         # Our own threads, so a slow API server never queues behind (or ahead of) other adapters' calls.
@@ -317,8 +331,7 @@ class KubeRollout:
         except ApiException as exc:
             raise classify(exc, verb, name, self.namespace) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            cause = getattr(exc, "reason", None) or exc
-            raise KubeFailure(f"{where(verb, name, self.namespace)}: API server unreachable: {cause}") from exc
+            raise KubeFailure(f"{where(verb, name, self.namespace)}: {transport_problem(exc, self.call_timeout)}") from exc
 
     async def _call(self, verb: str, name: str, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()

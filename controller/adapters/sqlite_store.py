@@ -10,6 +10,7 @@ import asyncio
 import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -104,6 +105,28 @@ MIGRATIONS: list[str] = [
         received_at TEXT NOT NULL
     );
     CREATE INDEX deliveries_received ON deliveries(received_at);
+    """,
+    # 3: operator controls per model (pause), their audit trail, and per-model run lookups by phase
+    """
+    CREATE TABLE model_controls (
+        model TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        by TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE model_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model TEXT NOT NULL,
+        at TEXT NOT NULL,
+        action TEXT NOT NULL,
+        by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        changed INTEGER NOT NULL,
+        run_id TEXT
+    );
+    CREATE INDEX model_audit_model ON model_audit(model, id);
+    CREATE INDEX runs_model_phase ON runs(model, phase, seq);
     """,
 ]
 
@@ -249,6 +272,9 @@ class SqliteStore:
                 last_ended_at=_dt(ended),
                 recent_starts=tuple(parse_ts(r[0]) for r in starts),
             )
+        for row in db.execute("SELECT model, by, at FROM model_controls WHERE paused = 1"):
+            if row[0] in states:
+                states[row[0]] = replace(states[row[0]], paused_by=row[1], paused_at=parse_ts(row[2]))
         active = db.execute(
             "SELECT COUNT(*) FROM runs WHERE ended_at IS NULL AND phase != ?", (Phase.QUEUED.value,)
         ).fetchone()[0]
@@ -474,6 +500,88 @@ class SqliteStore:
             return n
 
         return await self._call(self._tx, body)
+
+
+    # ---- operator controls ------------------------------------------------------------------------------------
+
+    async def create_run(self, run: Run, transition: Transition) -> None:
+        """A run started by an operator (no notification behind it), with its first transition."""
+
+        def body(db: sqlite3.Connection) -> None:
+            self._insert_run(db, run)
+            self._insert_transition(db, transition)
+
+        await self._call(self._tx, body)
+
+    async def model_controls(self) -> dict[str, dict[str, Any]]:
+        rows = await self._call(self._query, "SELECT * FROM model_controls")
+        return {r["model"]: _control(r) for r in rows}
+
+    async def set_model_paused(
+        self, model: str, paused: bool, by: str, reason: str, at: datetime
+    ) -> tuple[bool, dict[str, Any]]:
+        """Pause or resume a model, audited; (changed, the control now). Doing it twice changes nothing."""
+
+        def body(db: sqlite3.Connection) -> tuple[bool, dict[str, Any]]:
+            row = db.execute("SELECT * FROM model_controls WHERE model = ?", (model,)).fetchone()
+            was = bool(row["paused"]) if row else False
+            changed = was != paused
+            if changed:
+                db.execute(
+                    "INSERT OR REPLACE INTO model_controls (model, paused, by, at, reason) VALUES (?, ?, ?, ?, ?)",
+                    (model, int(paused), by, _ts(at), reason),
+                )
+            db.execute(
+                "INSERT INTO model_audit (model, at, action, by, reason, changed) VALUES (?, ?, ?, ?, ?, ?)",
+                (model, _ts(at), "pause" if paused else "resume", by, reason, int(changed)),
+            )
+            now = db.execute("SELECT * FROM model_controls WHERE model = ?", (model,)).fetchone()
+            return changed, _control(now) if now else {"paused": False, "by": None, "at": None, "reason": ""}
+
+        return await self._call(self._tx, body)
+
+    async def audit_model(self, model: str, action: str, by: str, reason: str, at: datetime,
+                          run_id: str | None = None, changed: bool = True) -> None:  # fmt: skip
+        def body(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO model_audit (model, at, action, by, reason, changed, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (model, _ts(at), action, by, reason, int(changed), run_id),
+            )
+
+        await self._call(self._tx, body)
+
+    async def model_audit(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await self._call(
+            self._query,
+            "SELECT at, action, by, reason, changed, run_id FROM model_audit WHERE model = ? ORDER BY id DESC LIMIT ?",
+            (model, limit),
+        )
+        return [{**dict(r), "changed": bool(r["changed"])} for r in rows]
+
+    async def last_run_in(self, model: str, phases: frozenset[Phase]) -> Run | None:
+        """The newest run of a model in one of `phases` (indexed by model, phase, seq)."""
+        best: Run | None = None
+        best_seq = -1
+        for phase in phases:
+            rows = await self._call(
+                self._query,
+                "SELECT * FROM runs WHERE model = ? AND phase = ? ORDER BY seq DESC LIMIT 1",
+                (model, phase.value),
+            )
+            if rows and rows[0]["seq"] > best_seq:
+                best, best_seq = _run(rows[0]), rows[0]["seq"]
+        return best
+
+    async def list_runs_page(self, limit: int, offset: int = 0, model: str | None = None) -> list[Run]:
+        where, params = ("WHERE model = ?", [model]) if model else ("", [])
+        rows = await self._call(
+            self._query, f"SELECT * FROM runs {where} ORDER BY seq DESC LIMIT ? OFFSET ?", (*params, limit, offset)
+        )
+        return [_run(r) for r in rows]
+
+
+def _control(row: sqlite3.Row) -> dict[str, Any]:
+    return {"paused": bool(row["paused"]), "by": row["by"], "at": row["at"], "reason": row["reason"]}
 
 
 def _run(row: sqlite3.Row) -> Run:

@@ -2,6 +2,7 @@
 
 Order of the checks, first match wins:
   resolved -> ignored_resolved; no model or rule -> unmatched; notify-only rule -> notify_only;
+  model paused by an operator -> paused (recorded, starts and joins nothing);
   episode already handled by a run -> duplicate; model has a live run -> joined;
   cooldown or daily budget -> rate_limited (with until); concurrency cap -> queued; else accepted.
 A rate-limited episode is not marked handled: if it still fires when the limit lifts, Alertmanager's next
@@ -11,7 +12,7 @@ repeat starts a run. Alerts in one notification see the effects of the ones befo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Iterator, Mapping
 
@@ -29,6 +30,7 @@ class Kind(StrEnum):
     IGNORED_RESOLVED = "ignored_resolved"
     UNMATCHED = "unmatched"
     NOTIFY_ONLY = "notify_only"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class ModelState:
     live_run: str | None = None
     last_ended_at: datetime | None = None
     recent_starts: tuple[datetime, ...] = ()  # creation times of runs inside the budget window
+    paused_by: str | None = None  # set while an operator has paused the model
+    paused_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,11 @@ def _decide_one(
     base = replace(base, reason=rule.reason)
     if rule.notify_only:
         return replace(base, kind=Kind.NOTIFY_ONLY, detail="notify-only rule: recorded, never retrains"), state
+    ms = state.models.get(model.name, ModelState())
+    if ms.paused_by is not None:
+        since = ms.paused_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ms.paused_at else "an unknown time"
+        detail = f"model paused by {ms.paused_by} since {since}: recorded, starts nothing"
+        return replace(base, kind=Kind.PAUSED, detail=detail), state
     if ep in state.handled:
         run_id = state.handled[ep]
         return replace(base, kind=Kind.DUPLICATE, run_id=run_id, detail=f"episode already handled by run {run_id}"), state

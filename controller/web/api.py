@@ -73,7 +73,7 @@ async def list_alerts(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    models = await ctx.controller.model_overview()
+    models = await ctx.controller.models_status()
     return json_ok({"models": models, "max_concurrent_runs": ctx.settings.policy.max_concurrent_runs})
 
 

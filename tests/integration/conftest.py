@@ -1,7 +1,10 @@
-"""Fixtures that run the real parts: a gauge exporter, Prometheus, Alertmanager and the controller process.
+"""Fixtures that run the real parts: a gauge exporter, Prometheus, Alertmanager, the controller process, and a
+Kubernetes API server.
 
-Everything is function-scoped and lives in the test's tmp_path; every process is stopped at teardown, and
-pipelines the controller started (own sessions, they outlive a controller crash on purpose) are killed too.
+Everything but the API server is function-scoped and lives in the test's tmp_path; every process is stopped at
+teardown, and pipelines the controller started (own sessions, they outlive a controller crash on purpose) are
+killed too. The API server (etcd + kube-apiserver, `cluster`) and its admin client are session-scoped: one
+serves every module that asks for them, started on first use; each module sets up (and tidies) its own objects.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import copy
 import textwrap
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +21,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
+from tests.infra import kube
+from tests.infra.kube import KubeCluster
 from tests.infra.procs import (
     Service,
     alertmanager_binary,
@@ -43,6 +49,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+
+
+# ---- Kubernetes --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """etcd + kube-apiserver with RBAC; skipped (failed under REQUIRE_INTEGRATION=1) when binaries are missing."""
+    started = time.monotonic()
+    c = kube.start_kube(tmp_path_factory.mktemp("kube"), timeout=30)
+    print(f"kube-apiserver ready in {time.monotonic() - started:.1f}s")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(cluster: KubeCluster) -> Iterator[Any]:
+    """An ApiClient with the admin's token (system:masters): sets up objects and plays the kubelet."""
+    with cluster.api_client() as api:
+        yield api
 
 
 # ---- the exporter -------------------------------------------------------------------------------------------
