@@ -87,3 +87,18 @@ async def test_missing_program_fails_the_pipeline(tmp_path):
     ref = await runner.trigger(REQ)
     status = await wait_finished(runner, ref)
     assert status.state == "failed" and "127" in status.detail
+
+
+async def test_the_controllers_secrets_never_reach_the_pipeline(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRAIN_CONTROLLER_CALLBACK_SECRET", "s3cret-of-the-controller")
+    monkeypatch.setenv("RETRAIN_CONTROLLER_ADMIN_TOKEN", "admin-token-of-the-controller")
+    out = tmp_path / "env"
+    runner = CommandRunner(["sh", "-c", f"env > {out}"], tmp_path / "state")
+    req = PipelineRequest(**{**REQ.__dict__, "variables": {"RETRAIN_CALLBACK_TOKEN": "per-run-token"}})
+    ref = await runner.trigger(req)
+    assert (await wait_finished(runner, ref)).state == "success"
+    env = out.read_text()
+    assert "s3cret-of-the-controller" not in env and "admin-token-of-the-controller" not in env
+    assert "RETRAIN_CALLBACK_TOKEN=per-run-token" in env  # the run's own token is the pipeline's to use
+    on_disk = "".join(p.read_text() for p in (tmp_path / "state").rglob("*.json"))
+    assert "per-run-token" not in on_disk and "s3cret" not in on_disk and "RETRAIN_RUN_ID" in on_disk
