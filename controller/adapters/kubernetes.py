@@ -289,8 +289,9 @@ class KubeRollout:
     # ---- read, compare, patch -------------------------------------------------------------------------------
 
     async def _read(self, name: str) -> Any:
+        timeout = self.call_timeout
         return await self._call(
-            "get", name, lambda: self.api.read_namespaced_deployment(name, self.namespace, _request_timeout=self.call_timeout)
+            "get", name, lambda: self.api.read_namespaced_deployment(name, self.namespace, _request_timeout=timeout)
         )
 
     async def _converge(self, name: str, image: str | None = None, replicas: int | None = None) -> None:

@@ -387,7 +387,9 @@ def _start_run(ctl: Controller, deadline: Deadline) -> tuple[str, dict[str, str]
     wait_until(lambda: ctl.run(run_id)["run"]["phase"] == "training", f"run {run_id} training", deadline,
                ctl.service.describe)  # fmt: skip
     variables = ctl.pipeline_request(run_id)
-    assert variables["RETRAIN_CALLBACK_TOKEN"] == callback_token(CALLBACK_SECRET, run_id)
+    # The token reaches the pipeline's environment but is never written to disk; it is HMAC(secret, run id).
+    assert "RETRAIN_CALLBACK_TOKEN" not in variables
+    variables["RETRAIN_CALLBACK_TOKEN"] = callback_token(CALLBACK_SECRET, run_id)
     assert variables["RETRAIN_CALLBACK_URL"] == f"{ctl.url}/api/v1/runs/{run_id}/events"
     return run_id, variables
 

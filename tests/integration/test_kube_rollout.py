@@ -109,20 +109,24 @@ def controller_token(admin: Any) -> Iterator[str]:
     for ns in (NS, CONTROLLER_NS, READONLY):
         kube.create_namespace(admin, ns)
     objs = Objects()
+    kinds = {  # kind -> (create(namespace, body), delete(name, namespace))
+        "ServiceAccount": (core.create_namespaced_service_account, core.delete_namespaced_service_account),
+        "Role": (rbac.create_namespaced_role, rbac.delete_namespaced_role),
+        "RoleBinding": (rbac.create_namespaced_role_binding, rbac.delete_namespaced_role_binding),
+    }
     for path in ("serviceaccount.yaml", "role.yaml", "rolebinding.yaml"):
         doc = yaml.safe_load((K8S / path).read_text())
         ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
-        create, delete = {
-            "ServiceAccount": (core.create_namespaced_service_account, lambda name, ns: core.delete_namespaced_service_account(name, ns, **RAW)),
-            "Role": (rbac.create_namespaced_role, lambda name, ns: rbac.delete_namespaced_role(name, ns, **RAW)),
-            "RoleBinding": (rbac.create_namespaced_role_binding, lambda name, ns: rbac.delete_namespaced_role_binding(name, ns, **RAW)),
-        }[doc["kind"]]
-        objs.ensure(lambda: create(ns, doc), lambda delete=delete, name=name, ns=ns: delete(name, ns))
+        create, delete = kinds[doc["kind"]]
+        objs.ensure(lambda: create(ns, doc), lambda delete=delete, name=name, ns=ns: delete(name, ns, **RAW))
     service = c.V1Service(
         metadata=c.V1ObjectMeta(name="recsys"),
         spec=c.V1ServiceSpec(selector={"app": "recsys"}, ports=[c.V1ServicePort(port=80, target_port=8080)]),
     )
-    objs.ensure(lambda: core.create_namespaced_service(NS, service), lambda: core.delete_namespaced_service("recsys", NS, **RAW))
+    objs.ensure(
+        lambda: core.create_namespaced_service(NS, service),
+        lambda: core.delete_namespaced_service("recsys", NS, **RAW),
+    )
     shadow = deployment("recsys-shadow", "shadow", OLD, 2)
     objs.ensure(
         lambda: apps.create_namespaced_deployment(NS, shadow),
@@ -138,7 +142,10 @@ def controller_token(admin: Any) -> Iterator[str]:
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployment-reader"},
         "subjects": [{"kind": "ServiceAccount", "name": "retrain-controller", "namespace": CONTROLLER_NS}],
     }
-    objs.ensure(lambda: rbac.create_namespaced_role(READONLY, reader), lambda: rbac.delete_namespaced_role("deployment-reader", READONLY, **RAW))
+    objs.ensure(
+        lambda: rbac.create_namespaced_role(READONLY, reader),
+        lambda: rbac.delete_namespaced_role("deployment-reader", READONLY, **RAW),
+    )
     objs.ensure(
         lambda: rbac.create_namespaced_role_binding(READONLY, binding),
         lambda: rbac.delete_namespaced_role_binding("deployment-reader", READONLY, **RAW),
@@ -301,7 +308,8 @@ async def test_a_concurrent_writer_causes_409_and_the_adapter_rereads(
         dep = real_read(name, namespace, **kw)
         reads.append(dep.metadata.resource_version)
         if len(reads) == 1:  # right after the adapter's first read: `kubectl rollout restart` by a human
-            restart = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": restarted_at}}}}}
+            restarted = {"annotations": {"kubectl.kubernetes.io/restartedAt": restarted_at}}
+            restart = {"spec": {"template": {"metadata": restarted}}}
             model.patch_namespaced_deployment(name, namespace, restart)
         return dep
 

@@ -43,7 +43,8 @@ def status_body(code: int, reason: str, message: str) -> str:
 
 
 def api_error(code: int, phrase: str, message: str = "", headers: dict[str, str] | None = None) -> ApiException:
-    exc = ApiException(status=code, reason=phrase, body=status_body(code, phrase.replace(" ", ""), message) if message else None)
+    body = status_body(code, phrase.replace(" ", ""), message) if message else None
+    exc = ApiException(status=code, reason=phrase, body=body)
     exc.headers = headers
     return exc
 
@@ -189,7 +190,8 @@ def test_classes_of_failure(code: int, phrase: str, permanent: bool, conflict: b
 def test_retry_after_is_kept() -> None:
     failure = classify(api_error(429, "Too Many Requests", "slow down", {"Retry-After": "3"}), "get", "a", "b")
     assert failure.retry_after == 3.0 and not failure.permanent
-    odd = classify(api_error(429, "Too Many Requests", "x", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), "get", "a", "b")
+    dated = api_error(429, "Too Many Requests", "x", {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    odd = classify(dated, "get", "a", "b")
     assert odd.retry_after is None
 
 
@@ -199,7 +201,8 @@ def test_server_message() -> None:
     assert server_message("x" * 2000).endswith("...") and len(server_message("x" * 2000)) == 503
     assert server_message(None) == "" and server_message("") == ""
     # A 5xx from a proxy without a body: the status line is all there is.
-    assert str(classify(ApiException(status=502, reason="Bad Gateway"), "get", "a", "b")) == "get deployments/a in b: 502 Bad Gateway"
+    bare = classify(ApiException(status=502, reason="Bad Gateway"), "get", "a", "b")
+    assert str(bare) == "get deployments/a in b: 502 Bad Gateway"
 
 
 def test_client_side_failures_are_transient() -> None:
@@ -207,7 +210,9 @@ def test_client_side_failures_are_transient() -> None:
     assert not failure.permanent
     assert str(failure) == "get deployments/a in b: no answer: SSLError certificate verify failed"
     conn = urllib3.connection.HTTPSConnection("127.0.0.1", 1)
-    refused = urllib3.exceptions.NewConnectionError(conn, "Failed to establish a new connection: [Errno 111] Connection refused")
+    refused = urllib3.exceptions.NewConnectionError(
+        conn, "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
     assert transport_problem(urllib3.exceptions.MaxRetryError(None, "/", refused), 10) == (  # type: ignore[arg-type]
         "API server unreachable: Failed to establish a new connection: [Errno 111] Connection refused"
     )
@@ -215,7 +220,8 @@ def test_client_side_failures_are_transient() -> None:
     assert transport_problem(urllib3.exceptions.MaxRetryError(None, "/", timeout), 2.5) == (  # type: ignore[arg-type]
         "API server did not answer within 2.5s"
     )
-    assert transport_problem(urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")), 1) == (
+    reset = urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+    assert transport_problem(reset, 1) == (
         "API server unreachable: ('Connection aborted.', ConnectionResetError(104, 'reset'))"
     )
 
@@ -382,7 +388,9 @@ async def test_permanent_failures_are_not_retried(fake: FakeApps) -> None:
     with pytest.raises(RolloutError) as err:
         await adapter(fake, sleeps).status()
     assert err.value.permanent
-    assert str(err.value) == 'get deployments/recsys-canary in recsys: 404 Not Found: deployments.apps "recsys-canary" not found'
+    assert str(err.value) == (
+        'get deployments/recsys-canary in recsys: 404 Not Found: deployments.apps "recsys-canary" not found'
+    )
 
 
 async def test_connection_failures_are_transient(fake: FakeApps) -> None:
