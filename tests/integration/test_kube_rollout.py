@@ -437,3 +437,117 @@ async def test_an_api_server_that_never_answers_times_out(
     assert not err.value.permanent
     assert "get deployments/recsys" in str(err.value) and "API server did not answer within 0.3s" in str(err.value)
     assert took < 8, took  # a few calls of 0.3s each (plus the TLS handshake's own bound), never a hang
+
+
+# ---- the controller's canary loop on the real API server ----------------------------------------------------
+# The loop of tests/unit/test_rollouts.py (fake clock, counters the test serves), with this adapter under the
+# controller's own token instead of the fake rollout. The admin plays the kubelet by patching /status.
+
+
+def kubelet(admin: Any, *names: str, unready: tuple[str, ...] = ()) -> None:
+    for name in names:
+        kube.set_deployment_status(admin, NS, name)
+    for name in unready:  # the Deployment controller saw the spec, but no pod ever gets ready
+        kube.set_deployment_status(admin, NS, name, ready=0)
+
+
+async def canary_world(tmp_path: Path, make_rollout: Make):  # noqa: ANN201 - tests.unit.test_rollouts.World
+    from tests.unit.test_rollouts import World
+
+    w = World(tmp_path)
+    w.rollout = make_rollout()
+    await w.start()
+    return w
+
+
+async def drive(w: Any, admin: Any, run_id: str, traffic: Any, ready: tuple[str, ...] = (STABLE, CANARY),
+                unready: tuple[str, ...] = (), limit: int = 300) -> list[Any]:  # fmt: skip
+    from controller.core.runs import Phase
+
+    seen: list[Any] = []
+    for _ in range(limit):
+        kubelet(admin, *ready, unready=unready)
+        await w.minute(*traffic)
+        run = await w.run(run_id)
+        if not seen or seen[-1] is not run.phase:
+            seen.append(run.phase)
+        if run.phase.terminal:
+            return seen
+    raise AssertionError(f"no end: {seen}")
+
+
+async def test_the_controller_promotes_a_good_canary(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
+    from controller.core.runs import Phase
+    from tests.unit.test_rollouts import EQUAL, IMAGE
+
+    w = await canary_world(tmp_path, make_rollout)
+    try:
+        run_id = await w.deploying_run()
+        phases = await drive(w, admin, run_id, EQUAL)
+    finally:
+        await w.stop()
+    assert phases[-2:] == [Phase.PROMOTING, Phase.SUCCEEDED], phases
+    stable, canary = read(model, STABLE), read(model, CANARY)
+    assert image_of(stable) == IMAGE and stable.spec.replicas == 10 and canary.spec.replicas == 0
+
+
+async def test_the_controller_rolls_back_a_worse_canary(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
+    from controller.core.runs import Phase
+    from tests.unit.test_rollouts import IMAGE, WORSE
+
+    w = await canary_world(tmp_path, make_rollout)
+    try:
+        run_id = await w.deploying_run()
+        phases = await drive(w, admin, run_id, WORSE)
+        run = await w.run(run_id)
+    finally:
+        await w.stop()
+    assert phases[-2:] == [Phase.ROLLING_BACK, Phase.ROLLED_BACK], phases
+    assert run.extra["previous_image"] == OLD and run.extra["measurements"][-1]["verdict"] == "fail"
+    stable, canary = read(model, STABLE), read(model, CANARY)
+    assert image_of(stable) == OLD and stable.spec.replicas == 10  # stable untouched
+    assert canary.spec.replicas == 0 and image_of(canary) == IMAGE
+
+
+async def test_a_canary_that_never_gets_ready_is_rolled_back(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
+    from controller.core.runs import Phase
+    from tests.unit.test_rollouts import EQUAL
+
+    w = await canary_world(tmp_path, make_rollout)
+    try:
+        run_id = await w.deploying_run()
+        phases = await drive(w, admin, run_id, EQUAL, ready=(STABLE,), unready=(CANARY,))
+        history = await w.store.history(run_id)
+    finally:
+        await w.stop()
+    assert phases == [Phase.DEPLOYING, Phase.ROLLING_BACK, Phase.ROLLED_BACK], phases
+    assert "canary not ready after 10m: 0/1 ready" in history[-2].cause
+    assert read(model, CANARY).spec.replicas == 0 and read(model, STABLE).spec.replicas == 10
+
+
+async def test_a_restart_mid_analysis_resumes_the_same_step(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
+    from controller.core.runs import Phase
+    from tests.unit.test_rollouts import EQUAL, IMAGE
+
+    w = await canary_world(tmp_path, make_rollout)
+    try:
+        run_id = await w.deploying_run()
+        for _ in range(3):
+            kubelet(admin, STABLE, CANARY)
+            await w.minute(*EQUAL)
+        before = await w.run(run_id)
+        assert before.phase is Phase.ANALYZING
+        await w.stop()
+        generation = read(model, CANARY).metadata.generation
+        w.rollout = make_rollout()  # a new process: new client, same store, same cluster
+        await w.start()
+        kubelet(admin, STABLE, CANARY)
+        await w.minute(*EQUAL)
+        after = await w.run(run_id)
+        assert after.extra["canary"]["step"] == before.extra["canary"]["step"]
+        assert after.extra["canary"]["step_started_at"] == before.extra["canary"]["step_started_at"]
+        assert read(model, CANARY).metadata.generation == generation  # the restart changed nothing in the cluster
+        phases = await drive(w, admin, run_id, EQUAL)
+    finally:
+        await w.stop()
+    assert phases[-1] is Phase.SUCCEEDED and image_of(read(model, STABLE)) == IMAGE
