@@ -20,7 +20,7 @@ from controller.core.judge import Direction, JudgeConfig
 from controller.ports import Clock, MetricsSource, PipelineRunner, Rollout
 from controller.rollouts import CanarySpec, GuardrailSpec
 from controller.service import Controller
-from controller.web import alerts, api, health, ops, pipelines
+from controller.web import alerts, api, health, openapi, ops, pages, pipelines
 from controller.web.common import CTX, WebContext, json_errors, request_metrics
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -97,6 +97,7 @@ def canary_specs(settings: Settings) -> dict[str, CanarySpec]:
             hits=a.hits,
             trials=a.trials,
             track_label=a.track_label,
+            units=a.units,
             ready_timeout=c.ready_timeout,
             guardrails=tuple(
                 GuardrailSpec(g.name, g.query, g.max if g.max is not None else g.min,  # type: ignore[arg-type]
@@ -153,7 +154,10 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
-    app.router.add_get("/", api.index)
+    app.router.add_get("/api/v1/openapi.json", openapi.openapi)
+    app.router.add_get("/", pages.status_page)
+    app.router.add_get("/runs/{run_id}", pages.run_page)
+    pages.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         log = get_logger()

@@ -192,6 +192,9 @@ class AnalysisSettings(_Strict):
 
     hits: str  # a counter selector, e.g. recsys_slot_hits_total{model="recsys"}
     trials: str
+    # A counter of requests (the units slots come in). Without `overdispersion`, the judge then assumes the worst
+    # correlation of slots within a request: valid, but slower. With neither, slots count as independent.
+    units: str | None = None
     track_label: str = "track"
     tolerance: float = Field(default=0.05, ge=0, lt=1)  # the canary may be this much worse, relatively
     indifference: float = Field(default=0.05, gt=0, lt=1)

@@ -41,6 +41,12 @@ class CanarySpec:
     track_label: str
     ready_timeout: timedelta
     guardrails: tuple[GuardrailSpec, ...] = ()
+    units: str | None = None  # requests counter: lets the judge bound the variance of correlated slots
+
+    def counters(self) -> dict[str, str]:
+        """Counter selectors by the name the judge's Arm gives them."""
+        named = {"hits": self.hits, "trials": self.trials}
+        return {**named, "units": self.units} if self.units else named
 
 
 Move = Callable[..., Awaitable[bool]]  # (run, to, cause, **changes) -> moved?
@@ -93,7 +99,7 @@ class Canary:
                 "step": 0, "stage": "rolling", "stage_since": _iso(now), "previous_image": status.stable.image,
                 "analysis_started_at": None, "step_started_at": None, "tallies": None, "bad_looks": 0, "looks": 0,
                 "last_look_at": None, "carried": 0.0,
-                "totals": {arm: {"hits": 0.0, "trials": 0.0} for arm in ARMS},
+                "totals": {arm: {m: 0.0 for m in self.spec.counters()} for arm in ARMS},
             }  # fmt: skip
             # Record the plan before acting on it: after a crash the next process repeats the same call.
             if not await self.record(run, {"canary": state, "previous_image": status.stable.image}):
@@ -115,10 +121,10 @@ class Canary:
                 return  # no baseline yet: try again next tick (bounded by the phase deadline)
             # Each step is judged on its own counts (increases since these raw values), with the evidence of the
             # steps before carried in: pooling counts across a change of split is biased when precision drifts.
-            tallies = {m: {arm: start(reading[m][arm]).as_dict() for arm in ARMS} for m in ("hits", "trials")}
+            tallies = {m: {arm: start(reading[m][arm]).as_dict() for arm in ARMS} for m in reading}
             state = {
                 **state, "stage": "judging", "step_started_at": _iso(now), "stage_since": _iso(now),
-                "tallies": tallies, "totals": {arm: {"hits": 0.0, "trials": 0.0} for arm in ARMS},
+                "tallies": tallies, "totals": {arm: {m: 0.0 for m in reading} for arm in ARMS},
                 "analysis_started_at": state["analysis_started_at"] or _iso(now),
             }  # fmt: skip
             cause = f"canary ready: {c.ready_replicas} pod(s) of {run.image} at step {state['step'] + 1} ({weight}%)"
@@ -194,32 +200,32 @@ class Canary:
     # ---- looking --------------------------------------------------------------------------------------------
 
     async def _read_counters(self) -> dict[str, dict[str, float]] | None:
-        hits, trials = await self.source.query(self.spec.hits), await self.source.query(self.spec.trials)
-        if hits.outcome != "value" or trials.outcome != "value":
+        results = {m: await self.source.query(q) for m, q in self.spec.counters().items()}
+        if any(r.outcome != "value" for r in results.values()):
             return None
-        return {"hits": _by_arm(hits, self.spec.track_label), "trials": _by_arm(trials, self.spec.track_label)}
+        return {m: _by_arm(r, self.spec.track_label) for m, r in results.items()}
 
     async def _look(self, state: dict[str, Any], now: datetime) -> tuple[Verdict, dict[str, Any], dict[str, Any]]:
-        hits, trials = await self.source.query(self.spec.hits), await self.source.query(self.spec.trials)
+        results = {m: await self.source.query(q) for m, q in self.spec.counters().items()}
         guardrails = []
         for g in self.spec.guardrails:
             res = await self.source.query(g.query)
             value = res.samples[0].value if res.outcome == "value" and len(res.samples) == 1 else None
             guardrails.append(Guardrail(g.name, value, g.threshold, g.direction))
         elapsed = now - _at(state["step_started_at"])
-        bad = [r for r in (hits, trials) if r.outcome != "value"]
+        bad = [r for r in results.values() if r.outcome != "value"]
         totals = state["totals"]
         if bad:
             worst = min(bad, key=lambda r: r.outcome != "error")  # an error outranks no data
             source = Source.ERROR if worst.outcome == "error" else Source.NO_DATA
             obs = Observation(None, None, elapsed, tuple(guardrails), source, worst.error or "no series")
         else:
-            reading = {"hits": _by_arm(hits, self.spec.track_label), "trials": _by_arm(trials, self.spec.track_label)}
+            reading = {m: _by_arm(r, self.spec.track_label) for m, r in results.items()}
             tallies = {
                 m: {arm: advance(Tally.from_dict(state["tallies"][m][arm]), reading[m][arm]) for arm in ARMS}
-                for m in ("hits", "trials")
+                for m in reading
             }
-            totals = {arm: {m: tallies[m][arm].total for m in ("hits", "trials")} for arm in ARMS}
+            totals = {arm: {m: tallies[m][arm].total for m in reading} for arm in ARMS}
             resets = sum(t.resets for by_arm in tallies.values() for t in by_arm.values())
             state = {**state, "totals": totals, "resets": resets,
                      "tallies": {m: {arm: t.as_dict() for arm, t in by_arm.items()} for m, by_arm in tallies.items()}}  # fmt: skip
@@ -232,7 +238,7 @@ class Canary:
         measurement = {
             "at": _iso(now), "step": state["step"] + 1, "weight": self.spec.plan.steps[state["step"]].weight,
             "verdict": verdict.outcome.value, "reason": verdict.reason, "statistic": verdict.statistic,
-            "threshold": verdict.threshold, "ratio": verdict.ratio,
+            "threshold": verdict.threshold, "ratio": verdict.ratio, "design_effect": verdict.design_effect,
             "stable": dict(totals["stable"]), "canary": dict(totals["canary"]),
             "guardrails": {g.name: g.value for g in guardrails},
         }  # fmt: skip
@@ -265,7 +271,7 @@ def _state(run: Run) -> dict[str, Any]:
 
 def _verdict_json(v: Verdict) -> dict[str, object]:
     return {"outcome": v.outcome.value, "reason": v.reason, "statistic": v.statistic, "threshold": v.threshold,
-            "ratio": v.ratio}  # fmt: skip
+            "ratio": v.ratio, "design_effect": v.design_effect}  # fmt: skip
 
 
 def _iso(t: datetime) -> str:

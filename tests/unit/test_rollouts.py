@@ -258,3 +258,23 @@ async def test_operator_abort_rolls_a_canary_back(world):
     assert result["phase"] == "rolling_back"
     await world.controller.tick()
     assert (await world.run(run_id)).phase is Phase.ROLLED_BACK and world.rollout.canary.replicas == 0
+
+
+async def test_a_requests_counter_makes_the_judge_allow_for_correlated_slots(tmp_path):
+    w = World(tmp_path, spec(units='units_total{model="recsys"}', judge=JudgeConfig(min_trials=1000)))
+    for track in ("stable", "canary"):
+        w.source.add("units_total", track, 0)
+    await w.start()
+    try:
+        run_id = await w.deploying_run()
+        await w.controller.tick()
+        for _ in range(3):
+            w.source.add("units_total", "stable", 900)  # 10 slots per request
+            w.source.add("units_total", "canary", 100)
+            await w.minute(*EQUAL)
+        run = await w.run(run_id)
+        assert run.extra["canary"]["totals"]["canary"] == {"hits": 150, "trials": 3000, "units": 300}
+        assert run.extra["verdict"]["outcome"] in ("inconclusive", "pass")
+        assert run.extra["measurements"][-1]["canary"]["units"] == 300
+    finally:
+        await w.stop()
