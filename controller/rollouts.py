@@ -189,8 +189,9 @@ class Canary:
 
     async def _rolling_back(self, run: Run) -> None:
         status = await self.rollout.status()
-        if status.canary.replicas != 0 or not status.canary.settled:
-            await self.rollout.set_canary(status.canary.image or run.image or "", 0)
+        image = status.canary.image or run.image
+        if status.canary.replicas != 0 and image:  # keep the canary's image: only its pods go
+            await self.rollout.set_canary(image, 0)
             status = await self.rollout.status()
         if status.canary.replicas == 0 and status.canary.settled:
             self.metrics.canary_weight.labels(model=self.model).set(0)
