@@ -75,21 +75,3 @@ async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     models = await ctx.controller.models_status()
     return json_ok({"models": models, "max_concurrent_runs": ctx.settings.policy.max_concurrent_runs})
-
-
-async def index(request: web.Request) -> web.Response:
-    return json_ok(
-        {
-            "service": "retrain-controller",
-            "endpoints": [
-                "POST /api/v1/alerts",
-                "GET /api/v1/models",
-                "GET /api/v1/runs",
-                "GET /api/v1/runs/{run_id}",
-                "GET /api/v1/alerts",
-                "GET /healthz",
-                "GET /readyz",
-                "GET /metrics",
-            ],
-        }
-    )

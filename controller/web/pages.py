@@ -1,0 +1,247 @@
+"""The status page (GET /) and the run page (GET /runs/{run_id}): server-rendered, read-only, no JavaScript.
+
+Only chosen fields are rendered, never a run's raw `extra`, settings or request headers: no secret can reach a page.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from controller.core.alerts import format_ts, parse_ts
+from controller.core.durations import format_duration
+from controller.core.runs import Phase, Run
+from controller.web.common import CTX
+
+PAGE_SIZE = 25
+DECISIONS_SHOWN = 30
+MAX_PAGE = 400
+
+
+def setup(app: web.Application) -> None:
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("controller.web", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["utc"] = _utc
+
+
+def _utc(value: datetime | str | None) -> str:
+    if value is None or value == "":
+        return "-"
+    when = parse_ts(value) if isinstance(value, str) else value
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age(value: datetime | str | None, now: datetime) -> str:
+    if value is None or value == "":
+        return ""
+    when = parse_ts(value) if isinstance(value, str) else value
+    delta = now - when
+    if delta.total_seconds() < 0:
+        return f"in {format_duration(-delta)}"
+    if delta.total_seconds() < 1:
+        return "just now"
+    return f"{format_duration(delta.__class__(seconds=int(delta.total_seconds())))} ago"
+
+
+def safe_url(url: str | None) -> str | None:
+    """Only http(s) links: a stored URL must not become a javascript: link."""
+    if not url:
+        return None
+    return url if urlsplit(url).scheme in ("http", "https") else None
+
+
+def _canary_weight(settings: Any, run: Run) -> dict[str, Any] | None:
+    state = run.extra.get("canary")
+    if not isinstance(state, Mapping) or run.phase not in (Phase.DEPLOYING, Phase.ANALYZING, Phase.PROMOTING,
+                                                            Phase.ROLLING_BACK):  # fmt: skip
+        return None
+    model = next((m for m in settings.models if m.name == run.model), None)
+    steps = [s.weight for s in model.canary.steps] if model is not None and model.canary is not None else []
+    step = int(state.get("step") or 0)
+    return {"step": step + 1, "steps": len(steps) or None, "weight": steps[step] if step < len(steps) else None,
+            "stage": state.get("stage")}  # fmt: skip
+
+
+def run_view(run: Run, now: datetime, settings: Any) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "model": run.model,
+        "phase": run.phase.value,
+        "trigger": run.trigger,
+        "reasons": list(run.reasons),
+        "created_at": format_ts(run.created_at),
+        "created_age": age(run.created_at, now),
+        "ended_at": format_ts(run.ended_at) if run.ended_at else None,
+        "deadline_at": format_ts(run.deadline_at) if run.deadline_at else None,
+        "deadline_in": age(run.deadline_at, now) if run.deadline_at else "",
+        "cause": run.cause,
+        "dry_run": run.dry_run,
+        "image": run.image,
+        "pipeline_id": run.pipeline_id,
+        "pipeline_url": safe_url(run.pipeline_url),
+        "paused": bool(run.extra.get("paused")),
+        "canary": _canary_weight(settings, run),
+    }
+
+
+# ---- the analysis chart: per look, precision of each arm, the tolerance band, verdicts marked ---------------------
+
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 240, 48, 12, 12, 28
+
+
+def chart(measurements: Sequence[Mapping[str, Any]], tolerance: float, indifference: float) -> dict[str, Any] | None:
+    looks = []
+    for m in measurements:
+        try:
+            s, c = m["stable"], m["canary"]
+            ps = s["hits"] / s["trials"] if s["trials"] else None
+            pc = c["hits"] / c["trials"] if c["trials"] else None
+        except (KeyError, TypeError, ZeroDivisionError):
+            continue
+        looks.append({"at": m.get("at"), "step": m.get("step"), "weight": m.get("weight"),
+                      "verdict": str(m.get("verdict") or "none"), "stable": ps, "canary": pc,
+                      "reason": str(m.get("reason") or "")})  # fmt: skip
+    values = [v for look in looks for v in (look["stable"], look["canary"]) if v is not None]
+    if not looks or not values:
+        return None
+    # Zoom on the data and the band (a 5% precision next to 5.2% is the whole story; zero is not).
+    band_low = [look["stable"] * (1 - tolerance - indifference) for look in looks if look["stable"] is not None]
+    lo, hi = min(values + band_low), max(values)
+    span = (hi - lo) or (hi or 1.0) * 0.1
+    lo, top = max(0.0, lo - span * 0.15), hi + span * 0.15
+    n = len(looks)
+
+    def x(i: int) -> float:
+        return round(PAD_L + (W - PAD_L - PAD_R) * (i / (n - 1) if n > 1 else 0.5), 1)
+
+    def y(v: float) -> float:
+        v = min(max(v, lo), top)
+        return round(PAD_T + (H - PAD_T - PAD_B) * (1 - (v - lo) / (top - lo)), 1)
+
+    def line(key: str, factor: float = 1.0) -> str:
+        return " ".join(f"{x(i)},{y(look[key] * factor)}" for i, look in enumerate(looks) if look[key] is not None)
+
+    upper = [(x(i), y(look["stable"] * (1 - tolerance + indifference))) for i, look in enumerate(looks)
+             if look["stable"] is not None]  # fmt: skip
+    lower = [(x(i), y(look["stable"] * (1 - tolerance - indifference))) for i, look in enumerate(looks)
+             if look["stable"] is not None]  # fmt: skip
+    band = " ".join(f"{a},{b}" for a, b in upper + lower[::-1])
+    marks = [
+        {"x": x(i), "y": y(look["canary"] if look["canary"] is not None else lo), "verdict": look["verdict"],
+         "title": f"look {i + 1}, step {look['step']} ({look['weight']}%): {look['verdict']}"
+                  + (f" - {look['reason']}" if look["reason"] else "")}
+        for i, look in enumerate(looks)
+    ]  # fmt: skip
+    ticks = [{"y": y(lo + (top - lo) * f), "label": f"{lo + (top - lo) * f:.4f}"} for f in (0.0, 0.5, 1.0)]
+    return {
+        "width": W, "height": H, "left": PAD_L, "right": W - PAD_R, "bottom": H - PAD_B, "top": PAD_T,
+        "stable": line("stable"), "canary": line("canary"), "margin": line("stable", 1 - tolerance), "band": band,
+        "marks": marks, "ticks": ticks, "looks": n, "tolerance": tolerance, "indifference": indifference,
+        "last": looks[-1],
+    }  # fmt: skip
+
+
+def _analysis(settings: Any, model: str) -> tuple[float, float]:
+    m = next((m for m in settings.models if m.name == model), None)
+    if m is not None and m.analysis is not None:
+        return m.analysis.tolerance, m.analysis.indifference
+    return 0.05, 0.05
+
+
+# ---- handlers -------------------------------------------------------------------------------------------------------
+
+
+def _page(request: web.Request) -> int:
+    raw = request.query.get("page", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise web.HTTPBadRequest(
+            text=f'{{"error": "bad page", "detail": "page must be 1..{MAX_PAGE}"}}', content_type="application/json"
+        )
+    return int(raw)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    now = ctx.controller.clock.now()
+    page = _page(request)
+    models = await ctx.controller.models_status()
+    live_runs = {r.id: r for r in await ctx.store.runs_in(frozenset(p for p in Phase if not p.terminal))}
+    for m in models:
+        live = live_runs.get((m.get("live_run") or {}).get("id", ""))
+        m["live"] = run_view(live, now, ctx.settings) if live else None
+        if m["paused"]:
+            m["paused"]["age"] = age(m["paused"]["since"], now)
+        if m["rate_limited"]:
+            m["rate_limited"]["left"] = age(m["rate_limited"]["until"], now)
+        m["budget_left"] = max(0, m["daily_budget"] - m["runs_in_window"])
+        for a in m["audit"]:
+            a["age"] = age(a["at"], now)
+        m["stable_image"] = m.get("stable_image")
+    runs = await ctx.store.list_runs_page(PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
+    queue = [run_view(r, now, ctx.settings) for r in live_runs.values() if r.phase is Phase.QUEUED]
+    active = sum(1 for r in live_runs.values() if r.phase.active)
+    decisions = await ctx.store.list_decisions(DECISIONS_SHOWN)
+    for d in decisions:
+        d["age"] = age(d["received_at"], now)
+    context = {
+        "now": _utc(now),
+        "dry_run": ctx.settings.policy.dry_run,
+        "models": models,
+        "runs": [run_view(r, now, ctx.settings) for r in runs[:PAGE_SIZE]],
+        "page": page,
+        "has_next": len(runs) > PAGE_SIZE,
+        "queue": queue,
+        "active": active,
+        "cap": ctx.settings.policy.max_concurrent_runs,
+        "decisions": decisions,
+    }
+    return aiohttp_jinja2.render_template("status.html", request, context)
+
+
+async def run_page(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    now = ctx.controller.clock.now()
+    run_id = request.match_info["run_id"]
+    run = await ctx.store.get_run(run_id)
+    if run is None:
+        response = aiohttp_jinja2.render_template("missing.html", request, {"run_id": run_id, "now": _utc(now)})
+        response.set_status(404)
+        return response
+    history = await ctx.store.history(run_id)
+    decisions = await ctx.store.list_decisions(200, run_id=run_id)
+    for d in decisions:
+        d["age"] = age(d["received_at"], now)
+    tolerance, indifference = _analysis(ctx.settings, run.model)
+    measurements = run.extra.get("measurements")
+    verdict = run.extra.get("verdict")
+    audit = run.extra.get("audit")
+    stages = run.extra.get("stages")
+    metrics = run.extra.get("offline_metrics")
+    context = {
+        "now": _utc(now),
+        "run": run_view(run, now, ctx.settings),
+        "timeline": [
+            {"at": format_ts(t.at), "age": age(t.at, now), "from": t.from_phase.value if t.from_phase else None,
+             "to": t.to_phase.value, "cause": t.cause}
+            for t in history
+        ],  # fmt: skip
+        "decisions": decisions,
+        "chart": chart(measurements if isinstance(measurements, list) else [], tolerance, indifference),
+        "verdict": verdict if isinstance(verdict, Mapping) else None,
+        "audit": [a for a in audit if isinstance(a, Mapping)] if isinstance(audit, list) else [],
+        "stages": [s for s in stages if isinstance(s, Mapping)] if isinstance(stages, list) else [],
+        "offline_metrics": dict(metrics) if isinstance(metrics, Mapping) else {},
+        "previous_image": run.extra.get("previous_image"),
+        "retry_of": run.extra.get("retry_of"),
+        "manual_reason": run.extra.get("manual_reason"),
+    }
+    return aiohttp_jinja2.render_template("run.html", request, context)
