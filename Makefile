@@ -57,6 +57,7 @@ bench: $(VENV)/.bench-deps
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/trigger.py
 	$(BIN)/python bench/judge.py
+	$(BIN)/python bench/status.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info
