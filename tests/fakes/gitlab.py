@@ -651,7 +651,7 @@ class FakeGitlab:
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, shutdown_timeout=0.5)
+            site = web.TCPSite(runner, host, port)
             await site.start()
             addr = runner.addresses[0]
             self.url = f"http://{addr[0]}:{addr[1]}"
