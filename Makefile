@@ -24,6 +24,7 @@ test-deps: $(VENV)/.test-deps kube-deps
 	sh tests/infra/install-system-deps.sh test
 	sh tests/infra/install-ci-tools.sh
 	sh tests/infra/install-browser.sh
+	sh tests/infra/install-k8s-tools.sh
 
 ## kube-deps: kube-apiserver built once from Debian's kubernetes source (cached in ~/.cache), etcd, openssl
 kube-deps:
