@@ -66,7 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("listening", host=host, port=port, models=[m.name for m in settings.models],
                  dry_run=settings.policy.dry_run)  # fmt: skip
 
-    web.run_app(app, host=host, port=port, print=started, access_log=None, handle_signals=True)
+    # SIGTERM: stop listening, let in-flight requests finish for up to shutdown_grace, then stop the loop and close
+    # the store. Kubernetes' terminationGracePeriodSeconds (k8s/deployment.yaml) must be longer.
+    web.run_app(app, host=host, port=port, print=started, access_log=None, handle_signals=True,
+                shutdown_timeout=settings.server.shutdown_grace.total_seconds())  # fmt: skip
     log.info("stopped")
     return 0
 

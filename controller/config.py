@@ -44,6 +44,7 @@ class ServerSettings(_Strict):
     external_url: str = ""  # how pipelines reach us; defaults to http://host:port
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: Duration = timedelta(seconds=20)  # in-flight requests may finish this long after SIGTERM
 
 
 class StoreSettings(_Strict):

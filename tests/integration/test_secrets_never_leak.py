@@ -100,3 +100,4 @@ def test_no_secret_appears_in_logs_answers_pages_or_the_store(tmp_path: Path) ->
     derived = callback_token(SECRETS["RETRAIN_CONTROLLER_CALLBACK_SECRET"], run_id)
     leaks += [("callback token", where) for where, text in places.items() if derived in text]
     assert leaks == [], leaks
+
