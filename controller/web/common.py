@@ -42,6 +42,18 @@ def json_ok(value: Any, status: int = 200) -> web.Response:
     return web.json_response(value, status=status, dumps=dumps)
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes | web.Response:
+    """The body, or a 413 as soon as it passes `limit` (whatever Content-Length claims)."""
+    if request.content_length is not None and request.content_length > limit:
+        return error(413, "body too large", f"the limit is {limit} bytes")
+    body = b""
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            return error(413, "body too large", f"the limit is {limit} bytes")
+    return body
+
+
 def bearer_ok(request: web.Request, expected: str | None) -> bool:
     """Constant-time comparison of `Authorization: Bearer <token>` with the configured token."""
     if not expected:

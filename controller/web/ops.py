@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.ports import StoreUnavailable
 from controller.service import Conflict, RunFinished, UnknownModel, UnknownRun
-from controller.web.common import CTX, bearer_ok, error, json_ok
+from controller.web.common import CTX, bearer_ok, error, json_ok, read_limited
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 BODY_LIMIT = 8 * 1024
@@ -41,13 +41,9 @@ def _refuse_auth(request: web.Request) -> web.Response | None:
 
 
 async def _body(request: web.Request) -> ActionBody | web.Response:
-    if request.content_length is not None and request.content_length > BODY_LIMIT:
-        return error(413, "body too large", f"the limit is {BODY_LIMIT} bytes")
-    raw = b""
-    async for chunk in request.content.iter_chunked(4096):
-        raw += chunk
-        if len(raw) > BODY_LIMIT:
-            return error(413, "body too large", f"the limit is {BODY_LIMIT} bytes")
+    raw = await read_limited(request, BODY_LIMIT)
+    if isinstance(raw, web.Response):
+        return raw
     if not raw.strip():
         return ActionBody()
     try:

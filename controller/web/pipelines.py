@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from controller.core.callbacks import EVENT, token_matches
 from controller.ports import PipelineStatus, StoreUnavailable
 from controller.service import Conflict, RunFinished, UnknownRun
-from controller.web.common import CTX, error, json_ok
+from controller.web.common import CTX, error, json_ok, read_limited
 
 CALLBACK_LIMIT = 64 * 1024
 HOOK_LIMIT = 1024 * 1024
@@ -22,13 +22,9 @@ FINISHED = {"success": "success", "failed": "failed", "canceled": "canceled", "s
 async def _json_body(request: web.Request, limit: int) -> Any | web.Response:
     if request.content_type != "application/json":
         return error(415, "unsupported media type", f"expected application/json, got {request.content_type!r}")
-    if request.content_length is not None and request.content_length > limit:
-        return error(413, "body too large", f"the limit is {limit} bytes")
-    body = b""
-    async for chunk in request.content.iter_chunked(65536):
-        body += chunk
-        if len(body) > limit:
-            return error(413, "body too large", f"the limit is {limit} bytes")
+    body = await read_limited(request, limit)
+    if isinstance(body, web.Response):
+        return body
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
