@@ -36,7 +36,8 @@ class Adapters:
     metrics_source: MetricsSource | None = None
 
 
-def build_adapters(settings: Settings) -> Adapters:
+def build_adapters(settings: Settings, rollouts: Mapping[str, Rollout] | None = None) -> Adapters:
+    """`rollouts` replaces the Kubernetes adapters (the demo drives its own model service)."""
     store = SqliteStore(settings.store.path, settings.store.busy_timeout, settings.store.synchronous)
     state_dir = settings.store.path.parent / "pipelines"
     runners: dict[str, PipelineRunner] = {}
@@ -61,10 +62,10 @@ def build_adapters(settings: Settings) -> Adapters:
                 retry_total=settings.gitlab.retry_total.total_seconds(),
                 poll_interval=settings.gitlab.poll_interval.total_seconds(),
             )
-    rollouts: dict[str, Rollout] = {}
     apps_api = None
+    given, rollouts = rollouts, dict(rollouts or {})
     for m in settings.models:
-        if m.canary is not None:
+        if m.canary is not None and given is None:
             from controller.adapters.kubernetes import KubeRollout, make_apps_api
 
             apps_api = apps_api or make_apps_api(settings.kubernetes.kubeconfig)

@@ -1,4 +1,4 @@
-"""retrain-controller serve | check-config | status | runs | run | pause | resume | retrain | abort | promote | retry
+"""retrain-controller serve | demo | check-config | status | runs | run | pause | resume | retrain | abort | promote | retry
 
 The operator commands talk to a running controller over its HTTP API (stdlib only). Exit codes: 0 done,
 1 usage or configuration error, 2 refused by the controller (4xx: auth, not found, conflict), 3 controller
@@ -72,6 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 shutdown_timeout=settings.server.shutdown_grace.total_seconds())  # fmt: skip
     log.info("stopped")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from controller.demo.main import Options, main as demo_main
+
+    return demo_main(Options(workdir=Path(args.workdir), port=args.port, once=args.once, bad_model=args.bad_model,
+                             seed=args.seed, day_seconds=args.day_seconds, timeout_s=args.timeout))  # fmt: skip
 
 
 # ---- operator commands over the HTTP API ----------------------------------------------------------------------
@@ -274,6 +283,17 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--dry-run", action="store_true", help="decide and record everything, start no pipeline")
     serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="the whole loop on one machine: a recommender goes stale, is retrained, canaried"
+                                       " and promoted (needs prometheus and prometheus-alertmanager)")
+    demo.add_argument("--once", action="store_true", help="play the story once, check it, exit 0 only if it happened")
+    demo.add_argument("--bad-model", action="store_true", help="the first retrained model is bad: a rollback")
+    demo.add_argument("--port", type=int, default=8080, help="the controller's port (0: any free one)")
+    demo.add_argument("--workdir", default="var/demo", help="data, models, configs and logs (emptied at start)")
+    demo.add_argument("--seed", type=int, default=5)
+    demo.add_argument("--day-seconds", type=float, default=14.0, help="wall seconds per simulated day")
+    demo.add_argument("--timeout", type=float, default=300.0, help="--once gives up after this many seconds")
+    demo.set_defaults(func=cmd_demo)
 
     check = sub.add_parser("check-config", help="validate a config and the secrets it needs; exit 1 on problems")
     check.add_argument("--config", help="YAML config (or RETRAIN_CONTROLLER_CONFIG)")

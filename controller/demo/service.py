@@ -4,7 +4,8 @@ rules expect (see the header of prometheus/recording-rules.yml) on its own regis
 
 A request picks a user, goes to the canary with probability `canary_share` (when a canary is set), gets the
 track model's top k items, and each slot is clicked with the world's true probability. Latency is simulated.
-`ingest()` is the feedback stream: it counts events and keeps a window of the categories of recent clicks, whose
+The feedback stream counts the impressions and clicks of served requests and, through `ingest()`, the
+click log of each simulated day; `ingest()` also counts events and keeps a window of the categories of recent clicks, whose
 PSI against the stable model's training window is the `recsys_feature_psi{feature="item_category"}` gauge.
 """
 
@@ -145,6 +146,7 @@ class ModelService:
         self.m_slots.labels(*labels).inc(c.slots)
         self.m_hits.labels(*labels).inc(c.hits)
         self.m_with_hit.labels(*labels).inc(c.requests_with_hit)
+        self.m_events.labels(MODEL).inc(c.slots + c.hits)  # impressions and clicks flow into the stream too
         hist = self.m_latency.labels(*labels)
         for value in latencies:
             hist.observe(float(value))

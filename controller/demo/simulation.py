@@ -36,7 +36,7 @@ class Simulation:
 
     def bootstrap(self, days: int = 7) -> Model:
         """`days` of history on disk, a first model trained on it and running as stable."""
-        parts = [self._record_day() for _ in range(days)]
+        parts = [self.record_day() for _ in range(days)]
         model = train(Interactions.concat(parts), self.world.n_users, self.world.n_items, seed=self.seed,
                       item_category=self.world.item_category)  # fmt: skip
         self.rollout.start(self.registry.push(model))
@@ -46,14 +46,15 @@ class Simulation:
         """Simulate `days` days; returns the traffic each track served over them."""
         served: dict[str, TrackCounts] = {}
         for _ in range(days):
-            self._record_day()
+            self.record_day()
             for track, c in self.service.serve(self.requests_per_day if requests is None else requests).items():
                 total = served.setdefault(track, TrackCounts())
                 for f in ("requests", "slots", "hits", "requests_with_hit", "errors"):
                     setattr(total, f, getattr(total, f) + getattr(c, f))
         return served
 
-    def _record_day(self) -> Interactions:
+    def record_day(self) -> Interactions:
+        """One simulated day of feedback: clicks to the data directory and the event stream; the world drifts."""
         clicks = self.world.sample_interactions(self.clicks_per_day)
         write_day(self.data_dir, self.world, clicks)
         self.service.ingest(clicks)

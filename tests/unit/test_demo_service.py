@@ -132,6 +132,9 @@ def test_feature_psi_grows_with_drift_and_events_are_counted(trained):
     assert near is not None and far is not None and near < 0.1 and far > 2 * near
     s = _samples(svc.metrics_text())
     assert _value(s, "recsys_events_ingested_total", model="recsys") == 6000
+    served = svc.serve(50)["stable"]
+    s = _samples(svc.metrics_text())
+    assert _value(s, "recsys_events_ingested_total", model="recsys") == 6000 + served.slots + served.hits
     assert _value(s, "recsys_feature_psi", model="recsys", feature="item_category") == pytest.approx(far)
 
 
