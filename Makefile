@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/local.yaml
 
-.PHONY: run test deps test-deps kube-deps lint bench clean
+.PHONY: run demo test deps test-deps kube-deps lint bench clean
 
 $(BIN)/python:
 	sh tests/infra/install-system-deps.sh base
@@ -40,6 +40,11 @@ run: deps
 		echo "Alertmanager bearer token: in var/alertmanager-token"; fi
 	RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE=$${RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE:-var/alertmanager-token} \
 		$(BIN)/retrain-controller serve --config $(CONFIG)
+
+## demo: the whole loop on one machine (installs Prometheus and Alertmanager if missing); Ctrl-C stops it
+demo: deps
+	@if [ -z "$$PROMETHEUS_BIN" ] || [ -z "$$ALERTMANAGER_BIN" ]; then sh tests/infra/install-system-deps.sh demo; fi
+	$(BIN)/retrain-controller demo $(DEMO_ARGS)
 
 ## test: installs what the tests need (Debian packages, Python deps), checks layering, runs every test
 test: test-deps

@@ -1,0 +1,85 @@
+"""The demo's story check: each chapter on its own, so a failed demo says what was missing."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from controller.core.runs import Phase, Run, Transition
+from controller.demo.meter import Meter
+from controller.demo.story import check
+from controller.demo.service import TrackCounts
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+PROMOTED = ["triggering", "training", "deploying", "analyzing", "promoting", "succeeded"]
+ROLLED = ["triggering", "training", "deploying", "analyzing", "rolling_back", "rolled_back"]
+
+
+def _story(phases, verdict="pass", looks=3, image="img", alerts=(("RecsysPrecisionAtKDrop", "accepted"),),
+           expect="promoted", times=None):  # fmt: skip
+    history = [Transition("r", T0 + timedelta(seconds=(times or range(len(phases)))[i]),
+                          Phase(phases[i - 1]) if i else None, Phase(p), "why")
+               for i, p in enumerate(phases)]  # fmt: skip
+    extra = {"measurements": [{"verdict": "inconclusive"}] * (looks - 1) + [{"verdict": verdict}] if looks else [],
+             "verdict": {"outcome": verdict}}  # fmt: skip
+    run = Run(id="r", model="recsys", phase=Phase(phases[-1]), created_at=T0, phase_entered_at=T0, deadline_at=None,
+              pipeline_id="cmd-r" if image else None, image=image, extra=extra)  # fmt: skip
+    decisions = [{"alertname": a, "decision": d, "received_at": "t"} for a, d in alerts]
+    return check(run, history, decisions, expect)
+
+
+def _missing(story):
+    return [c.name for c in story.chapters if not c.ok]
+
+
+def test_the_whole_story_promoted():
+    s = _story(PROMOTED)
+    assert s.ok and s.outcome == "promoted" and _missing(s) == []
+
+
+def test_the_whole_story_rolled_back():
+    s = _story(ROLLED, verdict="fail", expect="rolled_back")
+    assert s.ok and s.outcome == "rolled_back"
+
+
+@pytest.mark.parametrize(
+    "kw, missing",
+    [
+        ({"alerts": ()}, ["precision alert"]),
+        ({"alerts": (("RecsysFeatureDrift", "accepted"),)}, ["precision alert"]),  # drift alone is not the story
+        ({"alerts": (("RecsysPrecisionAtKDrop", "rate_limited"),)}, ["precision alert"]),
+        ({"alerts": (("RecsysFeatureDrift", "accepted"), ("RecsysPrecisionAtKDrop", "joined"))}, []),
+        ({"image": None}, ["pipeline"]),
+        ({"looks": 0}, ["canary analysis"]),
+        ({"verdict": "inconclusive"}, ["promoted"]),  # promoted by hand, not by a PASS
+        ({"expect": "rolled_back"}, ["rolled_back"]),  # a bad model that got promoted
+        ({"times": [0, 1, 2, 5, 4, 6]}, ["promoted"]),
+    ],
+)
+def test_each_missing_chapter_is_named(kw, missing):
+    assert _missing(_story(PROMOTED, **kw)) == missing
+
+
+def test_a_run_that_failed_in_training_misses_pipeline_analysis_and_ending():
+    s = _story(["triggering", "training", "failed"], looks=0, image=None)
+    assert s.outcome is None and _missing(s) == ["pipeline", "canary analysis", "promoted"]
+    assert "triggering -> training -> failed" in s.missing
+
+
+def test_a_deadline_rollback_before_analysis_is_not_the_bad_model_story():
+    s = _story(["triggering", "training", "deploying", "rolling_back", "rolled_back"], looks=0, verdict="fail",
+               expect="rolled_back")  # fmt: skip
+    assert _missing(s) == ["canary analysis", "rolled_back"]
+
+
+def test_meter_precision_is_hits_over_slots_in_the_window():
+    m = Meter(horizon_s=100)
+    m.add(1.0, {"stable": TrackCounts(slots=100, hits=20), "canary": TrackCounts(slots=10, hits=5)})
+    m.add(2.0, {"stable": TrackCounts(slots=100, hits=10)})
+    m.add(3.0, {"stable": TrackCounts(slots=0, hits=0)})
+    assert m.precision("stable", 0) == pytest.approx(0.15)
+    assert m.precision("stable", 1.5) == pytest.approx(0.10)
+    assert m.precision("stable", 0, 1.5) == pytest.approx(0.20)
+    assert m.precision("canary", 0) == pytest.approx(0.5)
+    assert m.precision("canary", 2) is None
+    m.add(200.0, {"stable": TrackCounts(slots=10, hits=1)})  # older than the horizon is forgotten
+    assert m.precision("stable", 0) == pytest.approx(0.1)
