@@ -14,49 +14,25 @@ import contextlib
 import json
 import math
 import secrets
-import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
 import yaml
 from aiohttp import web
 
+from controller.demo.configs import FLOOR_SHARE, MIN_FOR, MIN_WINDOW, MODEL, TIME_FACTOR, Options, controller_config
+from controller.demo.configs import prepare_workdir, prometheus_config
 from controller.demo.meter import Meter
 from controller.demo.processes import Child, DemoError, alertmanager, free_port, kill_pipelines, port_free, prometheus
 from controller.demo.simulation import Simulation
-from controller.demo.story import PRECISION_ALERT, Story, check, outcome_of
-from controller.demo.timescale import demo_alertmanager, demo_rules, prom_duration
+from controller.demo.story import PRECISION_ALERT, Story, check
+from controller.demo.timescale import demo_alertmanager, demo_rules
 from controller.demo.train import BAD_MODEL_FILE
-
-TIME_FACTOR = 1 / 180  # Prometheus and Alertmanager durations: an hour lasts 20 s
-MIN_WINDOW = timedelta(seconds=4)  # a rate window spans at least four scrapes
-# An alert holds at least this long: Prometheus scrapes a new target only after its first discovery update
-# (about 5 s), and until then absent() is true.
-MIN_FOR = timedelta(seconds=8)
-SCRAPE = timedelta(seconds=1)
-FLOOR_SHARE = 0.7  # the demo's precision floor: 70% of the fresh model's precision
-MARKER = ".retrain-controller-demo"
-MODEL = "recsys"
-
-
-@dataclass
-class Options:
-    workdir: Path = Path("var/demo")
-    port: int = 8080
-    once: bool = False
-    bad_model: bool = False
-    seed: int = 5
-    day_seconds: float = 14.0
-    requests_per_day: int = 5000
-    timeout_s: float = 300.0
-    rules_dir: Path = field(default_factory=lambda: _repo_file("prometheus"))
-
 
 @dataclass
 class Outcome:
@@ -66,85 +42,6 @@ class Outcome:
     precision_at_alert: float | None = None
     precision_after: float | None = None
     offline: dict[str, float] = field(default_factory=dict)
-
-
-def _repo_file(name: str) -> Path:
-    return Path(__file__).resolve().parents[2] / name
-
-
-def prepare_workdir(path: Path) -> None:
-    """A fresh directory each time; only one the demo made itself is ever emptied."""
-    if path.exists() and any(path.iterdir()):
-        if not (path / MARKER).exists():
-            raise DemoError(f"{path} is not empty and was not made by the demo; pick another --workdir")
-        shutil.rmtree(path)
-    for sub in ("data", "models", "pipelines"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    (path / MARKER).touch()
-
-
-def prometheus_config(rules: list[Path], am_port: int, service_port: int, controller_port: int) -> str:
-    scrape = prom_duration(SCRAPE)
-    return yaml.safe_dump({
-        "global": {"scrape_interval": scrape, "evaluation_interval": scrape, "scrape_timeout": scrape},
-        "rule_files": [str(p) for p in rules],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [
-            {"job_name": "recsys", "static_configs": [{"targets": [f"127.0.0.1:{service_port}"]}]},
-            {"job_name": "retrain-controller", "static_configs": [{"targets": [f"127.0.0.1:{controller_port}"]}]},
-        ],
-    }, sort_keys=False)  # fmt: skip
-
-
-def controller_config(opts: Options, port: int, prometheus_port: int) -> dict[str, Any]:
-    work = opts.workdir.resolve()
-    window = prom_duration(MIN_WINDOW)
-    canary = f'{{model="{MODEL}",track="canary"}}'
-    return {
-        "server": {"host": "127.0.0.1", "port": port, "log_format": "json"},
-        "store": {"path": str(work / "controller.db")},
-        "prometheus": {"url": f"http://127.0.0.1:{prometheus_port}", "timeout": "3s"},
-        "policy": {
-            "cooldown": "40s", "daily_budget": 50, "max_concurrent_runs": 1, "tick_interval": "500ms",
-            "deadlines": {"triggering": "30s", "training": "2m", "deploying": "30s", "analyzing": "2m",
-                          "promoting": "30s", "rolling_back": "30s"},
-        },  # fmt: skip
-        "models": [{
-            "name": MODEL,
-            "matchers": [f'model="{MODEL}"'],
-            "rules": [
-                {"alertname": PRECISION_ALERT, "reason": "precision_drop"},
-                {"alertname": "RecsysFeatureDrift", "reason": "drift"},
-                {"alertname": "RecsysEventStreamDown", "notify_only": True},
-            ],
-            "pipeline": {
-                "runner": "command",
-                "command": [sys.executable, "-m", "controller.demo.train", "--data-dir", str(work / "data"),
-                            "--models-dir", str(work / "models")],  # fmt: skip
-            },
-            # Names only: the demo's rollout is the service's two tracks, not Kubernetes.
-            "canary": {
-                "namespace": "demo", "stable": MODEL, "canary": f"{MODEL}-canary", "container": "model",
-                "total_replicas": 10, "ready_timeout": "20s",
-                "steps": [{"weight": 10, "min_duration": "3s"}, {"weight": 25, "min_duration": "3s"},
-                          {"weight": 50, "min_duration": "4s"}],
-            },  # fmt: skip
-            "analysis": {
-                "hits": f'recsys_slot_hits_total{{model="{MODEL}"}}',
-                "trials": f'recsys_slots_served_total{{model="{MODEL}"}}',
-                "units": f'recsys_requests_total{{model="{MODEL}"}}',
-                "min_trials": 1000, "interval": "1s", "max_no_data": 5,
-                "guardrails": [
-                    {"name": "error_ratio", "max": 0.01,
-                     "query": f"sum(rate(recsys_request_errors_total{canary}[{window}]))"
-                              f" / sum(rate(recsys_requests_total{canary}[{window}]))"},
-                    {"name": "p99_latency_seconds", "max": 0.25,
-                     "query": "histogram_quantile(0.99, sum by (le)"
-                              f" (rate(recsys_request_duration_seconds_bucket{canary}[{window}])))"},
-                ],
-            },  # fmt: skip
-        }],
-    }
 
 
 class Demo:
@@ -169,10 +66,12 @@ class Demo:
         clear, redraw = ("\r\x1b[K", self._status) if self.tty and self._status else ("", "")
         self._write(clear + stamp + line + "\n" + redraw)
 
-    def status_line(self, line: str) -> None:
+    def status_line(self, line: str, new_day: bool = False) -> None:
         self._status = line
         if self.tty:
             self._write("\r\x1b[K" + line)
+        elif new_day:  # not a terminal (a pipe, a CI log): the summary once per simulated day
+            self._write(f"t+{time.monotonic() - self.t0:5.1f}s  {line}\n")
 
     def _write(self, text: str) -> None:
         try:
@@ -279,7 +178,7 @@ class Demo:
         env = {"RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN": token, "RETRAIN_CONTROLLER_ADMIN_TOKEN": admin,
                "RETRAIN_CONTROLLER_CALLBACK_SECRET": secrets.token_urlsafe(32)}  # fmt: skip
         settings = load_settings(config, env)
-        log = open(work / "controller.log", "a", buffering=1)  # noqa: SIM115: closed with the process
+        log = open(work / "controller.log", "a", buffering=1)  # noqa: SIM115 (closed with the process)
         setup_logging(settings.server.log_level, "json", settings.secrets.values(), stream=log)
         app = create_app(settings, build_adapters(settings, rollouts={MODEL: sim.rollout}))
         runner = web.AppRunner(app, access_log=None)
@@ -298,20 +197,21 @@ class Demo:
                 counts = await asyncio.to_thread(sim.service.serve, due)
                 served += due
                 self.meter.add(time.monotonic(), counts)
+            new_day = elapsed >= (day + 1) * opts.day_seconds
             while elapsed >= (day + 1) * opts.day_seconds:
                 await asyncio.to_thread(sim.record_day)
                 day += 1
             self.day = day
-            self._show(sim)
+            self._show(sim, new_day)
 
-    def _show(self, sim: Simulation) -> None:
+    def _show(self, sim: Simulation, new_day: bool) -> None:
         stable, canary = self.precision("stable"), self.precision("canary", 0.5)
         share = sim.service.canary_share
         line = f"day {self.day:3d}  precision@{sim.service.k} stable {_f(stable)}"
         if share:
             line += f"  canary {_f(canary)} ({share:.0%} of traffic)"
         line += f"  {self._run_line}" if self._run_line else ""
-        self.status_line(line)
+        self.status_line(line, new_day)
 
     async def _watch(self, runner: web.AppRunner, prom_port: int) -> None:
         """Tells what happens (alerts in Prometheus, decisions, phases, verdicts) and ends the --once story."""
@@ -353,7 +253,7 @@ class Demo:
                     continue
                 if ended_at is None:
                     ended_at = time.monotonic()
-                    self.say(f"measuring stable's precision@k over the next simulated day ...")
+                    self.say("measuring stable's precision@k over the next simulated day ...")
                 if time.monotonic() - ended_at < self.opts.day_seconds:
                     continue
                 self.result.precision_after = self.meter.precision("stable", ended_at)

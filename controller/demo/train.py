@@ -29,7 +29,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Callable, Mapping
 
 from controller.demo.model import Model, offline_precision_at_k, train
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except CallbackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001: any failure of a stage is reported, then the job fails
+    except Exception as exc:  # noqa: BLE001 (any failure of a stage is reported, then the job fails)
         print(f"error in {stage}: {exc}", file=sys.stderr)
         try:
             cb.stage(stage, "failed", str(exc))
