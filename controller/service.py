@@ -13,7 +13,7 @@ from controller.core.alerts import Alert, Notification, format_ts
 from controller.core.callbacks import FailedEvent, ImageEvent, StageEvent, callback_token, effect_of
 from controller.core.policy import Decision, PolicyConfig, decide, rate_limit, runs_to_start
 from controller.core.runs import LIVE, TERMINAL as TERMINAL_PHASES, Phase, Run, Transition, new_run, overdue, transition
-from controller.observability import Metrics, get_logger
+from controller.observability import Metrics, Throttle, get_logger
 from controller.ports import (
     Clock,
     MetricsSource,
@@ -106,6 +106,8 @@ class Controller:
         self.callback_base_url = callback_base_url.rstrip("/")
         self.alerts_limit = alerts_limit
         self.log = get_logger()
+        # A store that cannot write fails every tick of every run: one line per interval says so.
+        self._store_quiet = Throttle()
         # One writer: decisions read state and write it back; nothing may interleave between the two.
         self._lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -210,11 +212,17 @@ class Controller:
     async def _guarded_step(self, run: Run) -> None:
         try:
             await self._step(run)
-        except StoreUnavailable:
-            self.metrics.store_errors.inc()
-            self.log.error("store_unavailable", run_id=run.id, model=run.model)
+        except StoreUnavailable as exc:
+            self._store_error(exc, run_id=run.id, model=run.model)
         except Exception:  # one broken run must not stop the others
             self.log.exception("step_failed", run_id=run.id, model=run.model)
+
+    def _store_error(self, exc: StoreUnavailable, **where: Any) -> None:
+        """Count every write the loop could not make; log what is wrong at most once per interval."""
+        self.metrics.store_errors.inc()
+        suppressed = self._store_quiet.allow("store")
+        if suppressed is not None:
+            self.log.error("store_unavailable", error=str(exc), suppressed=suppressed, **where)
 
     async def aclose(self) -> None:
         """Stop steps still in flight (shutdown). Their runs are picked up where they are by the next process."""
@@ -668,9 +676,8 @@ class Controller:
             self.wake.clear()
             try:
                 await self.tick()
-            except StoreUnavailable:
-                self.metrics.store_errors.inc()
-                self.log.error("store_unavailable", where="tick")
+            except StoreUnavailable as exc:
+                self._store_error(exc, where="tick")
             except Exception:
                 self.log.exception("tick_failed")
             try:

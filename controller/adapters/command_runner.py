@@ -54,19 +54,21 @@ class CommandRunner:
     async def trigger(self, request: PipelineRequest) -> PipelineRef:
         d = self._dir(request.run_id)
         ref = PipelineRef(id=f"cmd-{request.run_id}")
+        variables = _variables(request)
+        kept = {k: v for k, v in variables.items() if k != "RETRAIN_CALLBACK_TOKEN"}  # no secret on disk
         try:
             d.mkdir(parents=True, exist_ok=True)
+            if not (d / "started").exists():
+                # Before the marker: a full disk must fail the attempt (retried), not leave a launch that never was.
+                (d / "request.json").write_text(json.dumps(kept))
             (d / "started").mkdir()
         except FileExistsError:
             return ref  # launched before (we crashed after launching, or lost a race): never twice
         except OSError as exc:
             raise PipelineError(f"cannot prepare {d}: {exc.strerror}") from exc
-        variables = _variables(request)
         # The controller's own secrets (RETRAIN_CONTROLLER_*) never reach a pipeline.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
         env = {**inherited, **self.env, **variables}
-        kept = {k: v for k, v in variables.items() if k != "RETRAIN_CALLBACK_TOKEN"}  # no secret on disk
-        (d / "request.json").write_text(json.dumps(kept))
         try:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", _WRAPPER, "retrain-pipeline", str(d), *self.command,
