@@ -54,6 +54,7 @@ class CounterExporter:
         self._scraped = threading.Condition(self._lock)
         self._series: dict[str, dict[Labels, float]] = {}
         self._help: dict[str, str] = dict(HELP)
+        self._types: dict[str, str] = {}  # name -> exposition TYPE; counter unless set
         self._scrapes = 0
         exporter = self
 
@@ -110,6 +111,11 @@ class CounterExporter:
             series[key] = series.get(key, 0.0) + float(delta)
             return series[key]
 
+    def set_type(self, name: str, kind: str) -> None:
+        """Serve `name` with this TYPE (e.g. "gauge") instead of counter."""
+        with self._lock:
+            self._types[name] = kind
+
     def remove(self, name: str, labels: Mapping[str, str]) -> None:
         with self._lock:
             self._series.get(name, {}).pop(_labels(labels), None)
@@ -135,7 +141,7 @@ class CounterExporter:
             lines: list[str] = []
             for name in sorted(self._series):
                 lines.append(f"# HELP {name} {self._help.get(name, name)}")
-                lines.append(f"# TYPE {name} counter")
+                lines.append(f"# TYPE {name} {self._types.get(name, 'counter')}")
                 for labels, value in sorted(self._series[name].items()):
                     inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
                     lines.append(f"{name}{{{inner}}} {format_value(value)}" if inner else f"{name} {format_value(value)}")
