@@ -61,6 +61,7 @@ def build_adapters(settings: Settings, rollouts: Mapping[str, Rollout] | None = 
                 call_timeout=settings.gitlab.timeout.total_seconds(),
                 retry_total=settings.gitlab.retry_total.total_seconds(),
                 poll_interval=settings.gitlab.poll_interval.total_seconds(),
+                create_settle=settings.gitlab.create_settle.total_seconds(),
             )
     apps_api = None
     given, rollouts = rollouts, dict(rollouts or {})

@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from controller.app import create_app
     from controller.observability import get_logger, setup_logging
+    from controller.web.server import quiet_protocol_errors, server_options
 
     try:
         settings = _settings(args)
@@ -58,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"config: {p}", file=sys.stderr)
         return 1
     setup_logging(settings.server.log_level, settings.server.log_format, settings.secrets.values())
+    quiet_protocol_errors()
     log = get_logger()
     app = create_app(settings)
     host, port = settings.server.host, settings.server.port
@@ -69,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # SIGTERM: stop listening, let in-flight requests finish for up to shutdown_grace, then stop the loop and close
     # the store. Kubernetes' terminationGracePeriodSeconds (k8s/deployment.yaml) must be longer.
     web.run_app(app, host=host, port=port, print=started, access_log=None, handle_signals=True,
-                shutdown_timeout=settings.server.shutdown_grace.total_seconds())  # fmt: skip
+                shutdown_timeout=settings.server.shutdown_grace.total_seconds(),
+                **server_options(settings.server))  # fmt: skip
     log.info("stopped")
     return 0
 

@@ -45,6 +45,17 @@ class ServerSettings(_Strict):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace: Duration = timedelta(seconds=20)  # in-flight requests may finish this long after SIGTERM
+    # Slow clients: a connection must send a whole request head within header_timeout of opening (or of its last
+    # answer; idle keep-alive connections close then too), and a whole body within body_timeout after that.
+    header_timeout: Duration = timedelta(seconds=15)
+    body_timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("header_timeout", "body_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class StoreSettings(_Strict):
@@ -88,6 +99,9 @@ class GitlabSettings(_Strict):
     timeout: Duration = timedelta(seconds=30)  # one HTTP call
     retry_total: Duration = timedelta(minutes=2)  # retries of one operation before the next tick tries again
     poll_interval: Duration = timedelta(seconds=30)  # pipeline status polls, a backstop for hooks and callbacks
+    # After a create whose outcome is unknown (timeout, reset, 5xx, a crash mid-call), only look for its pipeline
+    # this long before creating another: GitLab may commit the first one late.
+    create_settle: Duration = timedelta(seconds=60)
 
 
 class PrometheusSettings(_Strict):

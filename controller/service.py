@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Mapping, Protocol, cast
 
-from controller.core.alerts import Alert, Notification, format_ts
+from controller.core.alerts import Alert, Notification, format_ts, parse_ts
 from controller.core.callbacks import FailedEvent, ImageEvent, StageEvent, callback_token, effect_of
 from controller.core.policy import Decision, PolicyConfig, decide, rate_limit, runs_to_start
 from controller.core.runs import LIVE, TERMINAL as TERMINAL_PHASES, Phase, Run, Transition, new_run, overdue, transition
@@ -286,13 +286,16 @@ class Controller:
             return
         request = await self._request(run)
         attempts = int(run.extra.get("trigger_attempts", 0))  # type: ignore[call-overload]
+        now = self.clock.now()
         try:
             # An earlier attempt, maybe by a process that died mid-call, may have started the pipeline already.
             ref = await runner.find(request) if attempts else None
             how = "found the pipeline already started for this run"
             if ref is None:
+                if attempts and _settling(run, now, float(getattr(runner, "create_settle_s", 0.0))):
+                    return  # the last create may still land: keep looking, create again only after the window
                 # Persist the attempt before making it: after a crash the next process knows to look first.
-                if not await self._record(run, {"trigger_attempts": attempts + 1}):
+                if not await self._record(run, {"trigger_attempts": attempts + 1, "trigger_attempt_at": format_ts(now)}):
                     return  # the run moved on meanwhile (canceled, deadline)
                 ref = await runner.trigger(request)
                 how = "pipeline started"
@@ -723,3 +726,10 @@ def _ids(make: Callable[[], str]) -> Iterator[str]:
     while True:
         yield make()
 
+
+def _settling(run: Run, now: datetime, window_s: float) -> bool:
+    """Whether the run's last create attempt is too recent to rule out a late pipeline."""
+    last = run.extra.get("trigger_attempt_at")
+    if not window_s or not isinstance(last, str):
+        return False
+    return (now - parse_ts(last)).total_seconds() < window_s

@@ -76,7 +76,11 @@ class GitlabRunner:
         poll_interval: float = 0.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_threads: int = 8,
+        create_settle: float = 60.0,
     ):
+        # After an attempt whose outcome is unknown, the service only looks for its pipeline this long before
+        # it lets another create go out: GitLab can commit a create well after the caller timed out.
+        self.create_settle_s = create_settle
         self.gl = client
         self.project_id = project
         self.ref = ref
@@ -187,9 +191,12 @@ class GitlabRunner:
 
         async def attempt() -> PipelineRef:
             if state["ambiguous"]:
+                # GitLab may commit a create after we gave up on it, even after a lookup missed it: never create
+                # twice in one call; look until the retry budget ends, then the service decides (create_settle).
                 found = await self._find(request)
                 if found is not None:
                     return found
+                raise _Failure("the last create may still land in GitLab; looked it up, not found yet", ambiguous=True)
             try:
                 created = await self._call(lambda: self._create(variables))
             except _Failure as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from aiohttp import web
@@ -11,11 +10,16 @@ from pydantic import ValidationError
 from controller.core.alerts import Notification, format_ts
 from controller.ports import StoreUnavailable
 from controller.observability import get_logger
-from controller.web.common import CTX, bearer_ok, error, json_ok
+from controller.web.common import CTX, BadJson, bearer_ok, decode_json, error, json_ok, read_limited
 
 
 def _reject(request: web.Request, outcome: str, status: int, message: str, detail: object = None,
             headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+    _note(request, outcome, status, message, detail)
+    return error(status, message, detail, headers)
+
+
+def _note(request: web.Request, outcome: str, status: int, message: str, detail: object = None) -> None:
     request.app[CTX].metrics.notifications.labels(outcome=outcome).inc()
     suppressed = request.app[CTX].quiet.allow(outcome)
     if suppressed is not None:
@@ -24,7 +28,6 @@ def _reject(request: web.Request, outcome: str, status: int, message: str, detai
             "notification_rejected", outcome=outcome, status=status, error=message,
             detail=detail if status != 401 else None, remote=request.remote, suppressed=suppressed,
         )  # fmt: skip
-    return error(status, message, detail, headers)
 
 
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -49,18 +52,13 @@ async def post_alerts(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         detail = f"expected application/json, got {request.content_type!r}"
         return _reject(request, "unsupported_media_type", 415, "unsupported media type", detail)
-    limit = ctx.settings.server.max_body_bytes
-    too_large = f"the limit is {limit} bytes"
-    if request.content_length is not None and request.content_length > limit:
-        return _reject(request, "too_large", 413, "body too large", too_large)
+    raw = await read_limited(request, ctx.settings.server.max_body_bytes)
+    if isinstance(raw, web.Response):  # 413 or 408
+        _note(request, "too_large" if raw.status == 413 else "timeout", raw.status, raw.reason.lower())
+        return raw
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _reject(request, "too_large", 413, "body too large", too_large)
-    try:
-        text = raw.decode("utf-8")
-        data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text, data = decode_json(raw)
+    except BadJson as exc:
         return _reject(request, "invalid", 400, "malformed JSON", str(exc))
     if not isinstance(data, dict):
         return _reject(request, "invalid", 400, "invalid payload", [{"field": "(body)", "message": "expected a JSON object"}])

@@ -24,6 +24,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "forbidden (e.g. no admin token configured, or a token for another run)",
         404: "unknown run, model or path",
         409: "conflict with the run's or model's state",
+        408: "the body did not arrive within server.body_timeout; the connection is closed",
         413: "body over the limit",
         415: "not application/json",
         503: "the store could not make it durable; retry",
@@ -70,7 +71,7 @@ def _run_action(action: str) -> dict[str, Any]:
             "parameters": [RUN_ID],
             "requestBody": ACTION_BODY,
             "responses": {ok: _json({"$ref": "#/components/schemas/ActionResult"}, "done (or `changed: false`)"),
-                          **_errors(400, 401, 403, 404, 409, 413, 503)},  # fmt: skip
+                          **_errors(400, 401, 403, 404, 408, 409, 413, 503)},  # fmt: skip
         }
     }
 
@@ -86,7 +87,7 @@ def _model_action(action: str) -> dict[str, Any]:
             "parameters": [MODEL],
             "requestBody": ACTION_BODY,
             "responses": {ok: _json({"$ref": "#/components/schemas/ActionResult"}, "done (or `changed: false`)"),
-                          **_errors(400, 401, 403, 404, 409, 413, 503)},  # fmt: skip
+                          **_errors(400, 401, 403, 404, 408, 409, 413, 503)},  # fmt: skip
         }
     }
 
@@ -111,7 +112,7 @@ def document() -> dict[str, Any]:
                 "security": [{"alertmanager": []}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {"200": _json({"type": "object"}, "a decision per alert"),
-                              **_errors(400, 401, 413, 415, 503)},  # fmt: skip
+                              **_errors(400, 401, 408, 413, 415, 503)},  # fmt: skip
             },
             **_get("list_alerts", "Recent alert decisions, newest first.", "read", params=[LIMIT,
                    {"name": "model", "in": "query", "schema": {"type": "string"}}], errors=(400,)),  # fmt: skip
@@ -125,7 +126,7 @@ def document() -> dict[str, Any]:
                 "parameters": [RUN_ID],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {"200": _json({"type": "object"}, "effect on the run"),
-                              **_errors(400, 401, 403, 404, 409, 413, 415, 503)},  # fmt: skip
+                              **_errors(400, 401, 403, 404, 408, 409, 413, 415, 503)},  # fmt: skip
             }
         },
         "/api/v1/gitlab/events": {
@@ -137,7 +138,7 @@ def document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {"200": _json({"type": "object"}, "effect on the run"),
                               "202": _json({"type": "object"}, "not a pipeline of ours: ignored"),
-                              **_errors(400, 401, 413, 415, 503)},  # fmt: skip
+                              **_errors(400, 401, 408, 413, 415, 503)},  # fmt: skip
             }
         },
         "/api/v1/models": _get("list_models", "Models: live run, pause, rate limits, stable image, last outcome.",

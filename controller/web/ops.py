@@ -6,7 +6,6 @@ shared, so it is what the operator says), `reason` is kept in the audit trail an
 
 from __future__ import annotations
 
-import json
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.ports import StoreUnavailable
 from controller.service import Conflict, RunFinished, UnknownModel, UnknownRun
-from controller.web.common import CTX, bearer_ok, error, json_ok, read_limited
+from controller.web.common import CTX, BadJson, bearer_ok, decode_json, error, json_ok, read_limited
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 BODY_LIMIT = 8 * 1024
@@ -47,8 +46,8 @@ async def _body(request: web.Request) -> ActionBody | web.Response:
     if not raw.strip():
         return ActionBody()
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _, data = decode_json(raw)
+    except BadJson as exc:
         return error(400, "malformed JSON", str(exc))
     if not isinstance(data, dict):
         return error(400, "invalid body", [{"field": "(body)", "message": "expected a JSON object"}])

@@ -21,6 +21,8 @@ from controller.web.common import CTX
 PAGE_SIZE = 25
 DECISIONS_SHOWN = 30
 MAX_PAGE = 400
+SUMMARY_MAX = 300
+LINKS_SHOWN = 3
 
 
 def setup(app: web.Application) -> None:
@@ -52,11 +54,26 @@ def age(value: datetime | str | None, now: datetime) -> str:
     return f"{format_duration(delta.__class__(seconds=int(delta.total_seconds())))} ago"
 
 
-def safe_url(url: str | None) -> str | None:
-    """Only http(s) links: a stored URL must not become a javascript: link."""
-    if not url:
+def safe_url(url: object) -> str | None:
+    """Only http(s) links: a stored URL must not become a javascript: (or data:, vbscript:) link."""
+    if not isinstance(url, str) or not url:
         return None
-    return url if urlsplit(url).scheme in ("http", "https") else None
+    try:
+        scheme = urlsplit(url).scheme  # strips and drops what browsers strip and drop before reading the scheme
+    except ValueError:  # e.g. a broken [IPv6] host
+        return None
+    return url if scheme in ("http", "https") else None
+
+
+def alert_view(decision: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A recorded alert for a page: its summary, and links from annotations like runbook_url (http(s) only)."""
+    annotations = decision.get("annotations")
+    annotations = annotations if isinstance(annotations, Mapping) else {}
+    summary = annotations.get("summary") or annotations.get("description") or ""
+    links = [{"label": key[: -len("_url")].replace("_", " ") or "link", "url": url}
+             for key, value in sorted(annotations.items()) if key.endswith("_url") and (url := safe_url(value))]  # fmt: skip
+    return {**decision, "age": age(decision["received_at"], now), "summary": str(summary)[:SUMMARY_MAX],
+            "links": links[:LINKS_SHOWN]}  # fmt: skip
 
 
 def _canary_weight(settings: Any, run: Run) -> dict[str, Any] | None:
@@ -189,9 +206,7 @@ async def status_page(request: web.Request) -> web.Response:
     runs = await ctx.store.list_runs_page(PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
     queue = [run_view(r, now, ctx.settings) for r in live_runs.values() if r.phase is Phase.QUEUED]
     active = sum(1 for r in live_runs.values() if r.phase.active)
-    decisions = await ctx.store.list_decisions(DECISIONS_SHOWN)
-    for d in decisions:
-        d["age"] = age(d["received_at"], now)
+    decisions = [alert_view(d, now) for d in await ctx.store.list_decisions(DECISIONS_SHOWN)]
     context = {
         "now": _utc(now),
         "dry_run": ctx.settings.policy.dry_run,
@@ -217,9 +232,7 @@ async def run_page(request: web.Request) -> web.Response:
         response.set_status(404)
         return response
     history = await ctx.store.history(run_id)
-    decisions = await ctx.store.list_decisions(200, run_id=run_id)
-    for d in decisions:
-        d["age"] = age(d["received_at"], now)
+    decisions = [alert_view(d, now) for d in await ctx.store.list_decisions(200, run_id=run_id)]
     tolerance, indifference = _analysis(ctx.settings, run.model)
     measurements = run.extra.get("measurements")
     verdict = run.extra.get("verdict")

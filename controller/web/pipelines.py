@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from pydantic import ValidationError
 from controller.core.callbacks import EVENT, token_matches
 from controller.ports import PipelineStatus, StoreUnavailable
 from controller.service import Conflict, RunFinished, UnknownRun
-from controller.web.common import CTX, error, json_ok, read_limited
+from controller.web.common import CTX, BadJson, bearer_token, decode_json, error, header_bytes, json_ok, read_limited
 
 CALLBACK_LIMIT = 64 * 1024
 HOOK_LIMIT = 1024 * 1024
@@ -26,8 +25,8 @@ async def _json_body(request: web.Request, limit: int) -> Any | web.Response:
     if isinstance(body, web.Response):
         return body
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return decode_json(body)[1]
+    except BadJson as exc:
         return error(400, "malformed JSON", str(exc))
 
 
@@ -39,11 +38,11 @@ async def post_run_event(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     run_id = request.match_info["run_id"]
     secret = ctx.settings.secrets.callback_secret
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request)
+    if token is None:
         return error(401, "unauthorized", "send Authorization: Bearer <the run's callback token>",
                      {"WWW-Authenticate": "Bearer"})  # fmt: skip
-    if secret is None or not token_matches(secret.get_secret_value(), run_id, token.strip()):
+    if secret is None or header_bytes(run_id) is None or not token_matches(secret.get_secret_value(), run_id, token):
         return error(403, "forbidden", "this token is not valid for this run")
     body = await _json_body(request, CALLBACK_LIMIT)
     if isinstance(body, web.Response):
@@ -68,8 +67,8 @@ async def post_run_event(request: web.Request) -> web.Response:
 async def post_gitlab_hook(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     expected = ctx.settings.secrets.gitlab_webhook_token
-    presented = request.headers.get("X-Gitlab-Token", "")
-    if expected is None or not hmac.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+    presented = header_bytes(request.headers.get("X-Gitlab-Token", "")) or b""
+    if expected is None or not presented or not hmac.compare_digest(presented, expected.get_secret_value().encode()):
         return error(401, "unauthorized", "X-Gitlab-Token does not match the configured webhook secret")
     body = await _json_body(request, HOOK_LIMIT)
     if isinstance(body, web.Response):
@@ -78,21 +77,23 @@ async def post_gitlab_hook(request: web.Request) -> web.Response:
         kind = body.get("object_kind") if isinstance(body, dict) else None
         return json_ok({"ignored": f"object_kind {kind!r} is not handled"}, status=202)
     attrs = body.get("object_attributes")
-    if not isinstance(attrs, dict) or "id" not in attrs or not isinstance(attrs.get("status"), str):
+    pipeline_id = attrs.get("id") if isinstance(attrs, dict) else None
+    if type(pipeline_id) not in (int, str) or not isinstance(attrs.get("status"), str):
         return error(400, "invalid payload", [{"field": "object_attributes", "message": "needs id and status"}])
     key = request.headers.get("Idempotency-Key", "")
+    if header_bytes(key) is None:
+        return error(400, "invalid Idempotency-Key", "the header must be UTF-8 text")
     try:
-        variables = {v.get("key"): v.get("value") for v in attrs.get("variables") or [] if isinstance(v, dict)}
+        run_id = _variables(attrs.get("variables")).get("RETRAIN_RUN_ID")
         status = attrs["status"]
         pipeline_status = PipelineStatus(FINISHED[status], f"GitLab status {status}") if status in FINISHED \
             else PipelineStatus("running")  # fmt: skip
-        project = body.get("project") or {}
-        web_url = f"{project.get('web_url')}/-/pipelines/{attrs['id']}" if project.get("web_url") else None
+        project = body.get("project")
+        base = project.get("web_url") if isinstance(project, dict) else None
+        web_url = f"{base}/-/pipelines/{pipeline_id}" if isinstance(base, str) and base else None
         # Hooks are idempotent, so a replay is processed again harmlessly; the key is remembered only after
         # success, so a delivery that failed half-way is not mistaken for a replay when GitLab retries it.
-        result = await ctx.controller.handle_pipeline_hook(
-            str(attrs["id"]), pipeline_status, variables.get("RETRAIN_RUN_ID"), web_url
-        )
+        result = await ctx.controller.handle_pipeline_hook(str(pipeline_id), pipeline_status, run_id, web_url)
         if key:
             result["replay"] = not await ctx.store.first_delivery(f"gitlab:{key}", ctx.controller.clock.now())
     except UnknownRun as exc:
@@ -101,3 +102,11 @@ async def post_gitlab_hook(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         return error(503, "could not record the hook", str(exc), {"Retry-After": "5"})
     return json_ok(result)
+
+
+def _variables(raw: Any) -> dict[str, str]:
+    """`[{key, value}]` as GitLab sends them; entries of any other shape are not ours and are skipped."""
+    if not isinstance(raw, list):
+        return {}
+    return {v["key"]: v["value"] for v in raw
+            if isinstance(v, dict) and isinstance(v.get("key"), str) and isinstance(v.get("value"), str)}  # fmt: skip

@@ -158,6 +158,8 @@ class Fault:
                     the client's timeout; without ``after`` the connection is then dropped and nothing
                     happened, with ``after`` the request took effect and its (unread) answer is sent late;
       ``"reset"``   close the connection without any answer.
+      ``"late"``    hold the request for ``delay`` seconds, then let it take effect (after the client gave up)
+                    and drop the connection: GitLab committing a create the caller already counts as failed.
     after: the request takes effect (pipeline created / canceled) before the fault replaces the answer.
     retry_after: for 429, the ``Retry-After`` seconds.
     """
@@ -189,9 +191,13 @@ class Fault:
         return cls("reset", after=after)
 
     @classmethod
+    def late(cls, delay: float | None = None) -> Fault:
+        return cls("late", delay=delay)
+
+    @classmethod
     def parse(cls, spec: Fault | str | int) -> Fault:
         """``500``, ``"500"``, ``"500-after"``, ``"502"``, ``"503"``, ``"429"``, ``"429:5"`` (Retry-After 5),
-        ``"429-after"``, ``"401"``, ``"timeout"``, ``"timeout-after"``, ``"reset"``, ``"reset-after"``."""
+        ``"429-after"``, ``"401"``, ``"timeout"``, ``"timeout-after"``, ``"reset"``, ``"reset-after"``, ``"late"``."""
         if isinstance(spec, Fault):
             return spec
         text = str(spec).strip().lower()
@@ -204,6 +210,8 @@ class Fault:
             return cls.timeout(after=after)
         if text == "reset":
             return cls.reset(after=after)
+        if text == "late":
+            return cls.late()
         retry_after = 1
         if ":" in text:
             text, _, ra = text.partition(":")
@@ -739,6 +747,11 @@ class FakeGitlab:
                     raise _Abort
                 if fault.kind == "reset":
                     raise _Abort
+                if fault.kind == "late":
+                    await request.read()  # GitLab has the whole request; the client leaving does not undo it
+                    if await self._sleep(fault.delay if fault.delay is not None else self.timeout_delay):
+                        await handler(request)
+                    raise _Abort
                 response = self._fault_response(fault)
                 status = response.status
                 return response
@@ -894,7 +907,7 @@ class FakeGitlab:
     async def _params(request: web.Request) -> dict[str, Any]:
         """Grape-like params: query string merged with a JSON or form body (rack nested names)."""
         params: dict[str, Any] = _rack_parse(list(request.query.items()))
-        if not request.can_read_body:
+        if not request.body_exists:  # (can_read_body turns False once the body was read)
             return params
         ctype = request.content_type
         if ctype == "application/json":

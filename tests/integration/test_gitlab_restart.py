@@ -37,7 +37,7 @@ def _config(tmp_path: Path, port: int, gitlab_url: str) -> Path:
             server: {{port: {port}}}
             store: {{path: {tmp_path / "store.db"}}}
             policy: {{max_concurrent_runs: {len(MODELS)}, tick_interval: 200ms, cooldown: 1h}}
-            gitlab: {{url: "{gitlab_url}", timeout: 30s, retry_total: 10s, poll_interval: 1s}}
+            gitlab: {{url: "{gitlab_url}", timeout: 30s, retry_total: 10s, poll_interval: 1s, create_settle: 3s}}
             models:
             """
         )

@@ -67,7 +67,7 @@ def controller_config(tmp: Path, port: int, gitlab_url: str, prometheus_url: str
             "deadlines": {"triggering": "60s", "training": "60s", "deploying": "45s", "analyzing": "60s",
                           "promoting": "45s", "rolling_back": "45s"},
         },  # fmt: skip
-        "gitlab": {"url": gitlab_url, "timeout": "5s", "retry_total": "10s", "poll_interval": "1s"},
+        "gitlab": {"url": gitlab_url, "timeout": "5s", "retry_total": "10s", "poll_interval": "1s", "create_settle": "2s"},
         "prometheus": {"url": prometheus_url, "timeout": "2s"},
         "kubernetes": {"kubeconfig": str(kubeconfig)},
         "models": [

@@ -121,15 +121,32 @@ async def test_429_waits_retry_after(gitlab_url) -> None:
 
 
 @pytest.mark.parametrize("fault", ["500", "502", "503", "reset", "timeout"])
-async def test_fault_before_recording_retries_with_backoff_and_creates_once(gitlab_url, fault) -> None:
+async def test_an_ambiguous_failure_is_looked_up_never_created_twice_in_one_call(gitlab_url, fault) -> None:
     fake, url = gitlab_url
-    fake.fail("create", fault, fault)
+    fake.fail("create", fault)
     sleeps = Sleeps()
-    ref = await runner(url, sleeps, backoff_initial=1.0, backoff_max=30.0).trigger(request())
-    assert len(sleeps.waits) == 2 and all(0 < w <= 30 for w in sleeps.waits)
+    r = runner(url, sleeps, retry_total=10.0, backoff_initial=1.0, backoff_max=4.0)
+    with pytest.raises(PipelineError) as err:
+        await r.trigger(request())
+    assert not err.value.permanent and "may still land" in str(err.value)
+    # GitLab may have taken it: only lookups (with backoff) for the rest of the call, never a second create
+    assert len(fake.calls("create")) <= 1 and len(fake.calls("list")) >= 2 and fake.pipelines() == []  # held: logged late
+    assert 10.0 <= sum(sleeps.waits) < 10.0 + 4.0 + 1
+    ref = await r.trigger(request())  # the service's next attempt, once create_settle has passed
     assert [p.id for p in fake.pipelines()] == [int(ref.id)]
-    # the create may have happened: look before each new create (held requests are logged when they end)
-    assert len(fake.calls("list")) == 2
+
+
+async def test_a_create_gitlab_commits_after_the_client_gave_up_is_found_not_repeated(gitlab_url) -> None:
+    fake, url = gitlab_url
+    fake.fail("create", Fault.late(delay=HTTP_TIMEOUT * 3))  # committed well after our timeout and first lookups
+
+    async def real_sleep(seconds: float) -> None:
+        await asyncio.sleep(min(seconds, 0.2))
+
+    r = runner(url, retry_total=HTTP_TIMEOUT * 8, backoff_initial=0.2, backoff_max=0.2, sleep=real_sleep)
+    ref = await r.trigger(request("run-late"))
+    assert [p.id for p in fake.pipelines()] == [int(ref.id)]
+    assert len(fake.calls("create")) == 1
 
 
 @pytest.mark.parametrize("fault", ["500-after", "502-after", "reset-after", "timeout-after"])
@@ -248,7 +265,11 @@ async def test_exactly_once_under_random_faults(gitlab_url) -> None:
 
     async def one(i: int) -> PipelineRef:
         async with gate:
-            return await r.trigger(request(f"run-{i:03d}"))
+            while True:  # as the service does: after an unknown outcome, a later call looks first, then creates
+                try:
+                    return await r.trigger(request(f"run-{i:03d}"))
+                except PipelineError as exc:
+                    assert not exc.permanent
 
     refs = await asyncio.gather(*(one(i) for i in range(200)))
     by_run = {}

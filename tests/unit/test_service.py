@@ -13,7 +13,7 @@ from controller.config import load_settings
 from controller.core.alerts import Notification
 from controller.core.runs import Phase, Transition
 from controller.observability import Metrics
-from controller.ports import PipelineError
+from controller.ports import PipelineError, PipelineRef, PipelineStatus
 from controller.service import Controller
 from tests.conftest import SECRETS_ENV, write_config
 from tests.fakes.clock import FakeClock
@@ -235,6 +235,38 @@ async def test_the_first_attempt_creates_at_once_later_ones_look_first(world):
     await world.controller.tick()
     assert world.runner.calls[1:] == [("find", d.run_id), ("trigger", d.run_id)]
     assert (await world.run(d.run_id)).phase is Phase.TRAINING
+
+
+async def test_after_an_unknown_outcome_it_only_looks_until_create_settle_has_passed(world):
+    world.runner.create_settle_s = 60.0  # e.g. GitLab: a create may be committed after the caller gave up
+    world.runner.trigger_errors = [PipelineError("GitLab did not answer in time")]
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    world.clock.advance(seconds=30)
+    await world.controller.tick()
+    await world.restart()  # the window is on the run, so a new process keeps it too
+    world.clock.advance(seconds=29)
+    await world.controller.tick()
+    assert world.runner.triggers() == [d.run_id] and ("find", d.run_id) in world.runner.calls
+    assert (await world.run(d.run_id)).phase is Phase.TRIGGERING
+    world.clock.advance(seconds=2)  # 61 s after the attempt: nothing turned up, so create again
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert world.runner.triggers() == [d.run_id, d.run_id] and run.phase is Phase.TRAINING
+    assert run.extra["trigger_attempts"] == 2
+
+
+async def test_a_late_pipeline_found_inside_the_window_is_taken(world):
+    world.runner.create_settle_s = 60.0
+    world.runner.trigger_errors = [PipelineError("GitLab did not answer in time")]
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    world.runner.pipelines[d.run_id] = PipelineRef(id="p-late")  # GitLab committed it after all
+    world.runner.states["p-late"] = PipelineStatus("running")
+    world.clock.advance(seconds=5)
+    await world.controller.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.TRAINING and run.pipeline_id == "p-late" and world.runner.triggers() == [d.run_id]
 
 
 async def test_a_slow_pipeline_call_holds_up_only_its_own_run(tmp_path):
