@@ -27,6 +27,7 @@ class NotificationRecord:
     receiver: str
     status: str
     truncated_alerts: int
+    external_url: str = ""
 
 
 class IntakeStore(Protocol):

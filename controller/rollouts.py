@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from controller.core.canary import CanaryPlan, Next, after_look, canary_replicas, due
 from controller.core.counters import Tally, advance, series_key, start
 from controller.core.durations import format_duration
-from controller.core.judge import Arm, Direction, Guardrail, JudgeConfig, Observation, Outcome, Source, Verdict, judge
+from controller.core.judge import Arm, Direction, Guardrail, JudgeConfig, Observation, Source, Verdict, judge
 from controller.core.runs import Phase, Run
 from controller.observability import Metrics, get_logger
 from controller.ports import Clock, MetricsSource, QueryResult, Rollout, RolloutError, RolloutStatus

@@ -148,6 +148,7 @@ class Controller:
                 receiver=notification.receiver,
                 status=notification.status,
                 truncated_alerts=notification.truncatedAlerts,
+                external_url=notification.externalURL,
             )
             try:
                 await self.store.record_notification(record, alerts, decisions, new_runs)

@@ -254,7 +254,7 @@ def _classify_gitlab(exc: GitlabError, headers: Any) -> _Failure:
         return _Failure(f"GitLab {code}: {message}", permanent=True)
     if code == 429:
         retry_after = _seconds(headers.get("Retry-After")) if headers else None
-        return _Failure(f"GitLab 429: rate limited", retry_after=retry_after if retry_after is not None else 5.0)
+        return _Failure("GitLab 429: rate limited", retry_after=retry_after if retry_after is not None else 5.0)
     # 5xx (and anything else): the request may or may not have been applied
     return _Failure(f"GitLab {code}: {message}", ambiguous=True)
 

@@ -128,7 +128,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX model_audit_model ON model_audit(model, id);
     CREATE INDEX runs_model_phase ON runs(model, phase, seq);
     """,
+    # 4: where an alert comes from (Prometheus' generatorURL) and which Alertmanager sent it (externalURL)
+    """
+    ALTER TABLE decisions ADD COLUMN generator_url TEXT NOT NULL DEFAULT '';
+    ALTER TABLE notifications ADD COLUMN external_url TEXT NOT NULL DEFAULT ''
+    """,
 ]
+
+URL_MAX = 2048  # a URL longer than this is not a link anyone follows; it is cut, not refused
 
 # SQLite's limit on bound parameters is 999 on old builds; stay well below it.
 _CHUNK = 500
@@ -311,9 +318,10 @@ class SqliteStore:
     ) -> int:
         at = _ts(record.received_at)
         cur = db.execute(
-            "INSERT INTO notifications (received_at, group_key, receiver, status, truncated_alerts, body)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (at, record.group_key, record.receiver, record.status, record.truncated_alerts, record.body),
+            "INSERT INTO notifications (received_at, group_key, receiver, status, truncated_alerts, body, external_url)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, record.group_key, record.receiver, record.status, record.truncated_alerts, record.body,
+             record.external_url[:URL_MAX]),  # fmt: skip
         )
         notification_id = int(cur.lastrowid or 0)
         for run, t in new_runs:
@@ -329,13 +337,13 @@ class SqliteStore:
                 (
                     notification_id, at, d.index, d.episode, a.fingerprint, a.alertname, a.status,
                     _ts(a.startsAt), json.dumps(a.labels, sort_keys=True), json.dumps(a.annotations, sort_keys=True),
-                    d.kind.value, d.model, d.reason, d.run_id, _ts(d.until), d.detail,
+                    d.kind.value, d.model, d.reason, d.run_id, _ts(d.until), d.detail, a.generatorURL[:URL_MAX],
                 )
             )  # fmt: skip
         db.executemany(
             "INSERT INTO decisions (notification_id, received_at, position, episode, fingerprint, alertname, status,"
-            " starts_at, labels, annotations, decision, model, reason, run_id, until, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " starts_at, labels, annotations, decision, model, reason, run_id, until, detail, generator_url)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         for d in decisions:
@@ -475,7 +483,9 @@ class SqliteStore:
         rows = await self._call(
             self._query,
             "SELECT id, notification_id, received_at, episode, fingerprint, alertname, status, starts_at, labels,"
-            f" annotations, decision, model, reason, run_id, until, detail FROM decisions {clause}"
+            " annotations, decision, model, reason, run_id, until, detail, generator_url,"
+            " (SELECT n.external_url FROM notifications n WHERE n.id = decisions.notification_id) AS external_url"
+            f" FROM decisions {clause}"
             " ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )

@@ -66,14 +66,19 @@ def safe_url(url: object) -> str | None:
 
 
 def alert_view(decision: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """A recorded alert for a page: its summary, and links from annotations like runbook_url (http(s) only)."""
+    """A recorded alert for a page: its summary, links from annotations like runbook_url, to the Prometheus graph
+    that fired it (generatorURL) and to the Alertmanager that sent it (externalURL); http(s) only."""
     annotations = decision.get("annotations")
     annotations = annotations if isinstance(annotations, Mapping) else {}
     summary = annotations.get("summary") or annotations.get("description") or ""
     links = [{"label": key[: -len("_url")].replace("_", " ") or "link", "url": url}
              for key, value in sorted(annotations.items()) if key.endswith("_url") and (url := safe_url(value))]  # fmt: skip
+    links = links[:LINKS_SHOWN]
+    for label, key in (("source", "generator_url"), ("alertmanager", "external_url")):  # Prometheus, Alertmanager
+        if url := safe_url(decision.get(key)):
+            links.append({"label": label, "url": url})
     return {**decision, "age": age(decision["received_at"], now), "summary": str(summary)[:SUMMARY_MAX],
-            "links": links[:LINKS_SHOWN]}  # fmt: skip
+            "links": links}  # fmt: skip
 
 
 def _canary_weight(settings: Any, run: Run) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ serves every module that asks for them, started on first use; each module sets u
 from __future__ import annotations
 
 import copy
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from tests.infra import kube
+from tests.infra.stack_configs import GAUGE, RULES, alertmanager_config, prometheus_config
 from tests.infra.kube import KubeCluster
 from tests.infra.procs import (
     Service,
@@ -39,8 +39,6 @@ from tests.infra.procs import (
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "local.yaml"
 TOKEN = "am-integration-token-3c1f9a7e5d"
-ALERTNAME = "RecsysPrecisionAtKDrop"
-GAUGE = "recsys_precision_at_k"
 HEALTHY, DEGRADED = 0.35, 0.02
 
 
@@ -134,65 +132,6 @@ def exporter() -> Iterator[GaugeExporter]:
 
 
 # ---- configs ------------------------------------------------------------------------------------------------
-
-
-def prometheus_config(am_port: int, target: str) -> str:
-    return textwrap.dedent(
-        f"""
-        global:
-          scrape_interval: 1s
-          scrape_timeout: 1s
-          evaluation_interval: 1s
-        rule_files: [rules.yml]
-        alerting:
-          alertmanagers:
-            - static_configs:
-                - targets: ["127.0.0.1:{am_port}"]
-        scrape_configs:
-          - job_name: recsys
-            static_configs:
-              - targets: ["{target}"]
-        """
-    )
-
-
-RULES = textwrap.dedent(
-    f"""
-    groups:
-      - name: recsys
-        interval: 1s
-        rules:
-          - alert: {ALERTNAME}
-            expr: {GAUGE} < 0.1
-            for: 0s
-            labels:
-              action: retrain
-            annotations:
-              summary: precision@k of {{{{ $labels.model }}}} fell to {{{{ $value }}}}
-    """
-)
-
-
-def alertmanager_config(controller_port: int, token_file: Path) -> str:
-    return textwrap.dedent(
-        f"""
-        route:
-          receiver: retrain-controller
-          group_by: [model]
-          group_wait: 1s
-          group_interval: 1s
-          repeat_interval: 2s
-        receivers:
-          - name: retrain-controller
-            webhook_configs:
-              - url: http://127.0.0.1:{controller_port}/api/v1/alerts
-                send_resolved: true
-                http_config:
-                  authorization:
-                    type: Bearer
-                    credentials_file: {token_file}
-        """
-    )
 
 
 def controller_config(

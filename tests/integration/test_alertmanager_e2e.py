@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from tests.infra.procs import Deadline, http_status, wait_until
-from tests.integration.conftest import ALERTNAME, DEGRADED, HEALTHY, Stack, StackFactory
+from tests.integration.conftest import DEGRADED, HEALTHY, Stack, StackFactory
+from tests.infra.stack_configs import ALERTNAME
 
 pytestmark = pytest.mark.integration
 

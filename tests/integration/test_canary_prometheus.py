@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -97,7 +96,7 @@ def spec(model: str) -> CanarySpec:
         trials=f'recsys_slots_served_total{{model="{model}"}}',
         track_label="track",
         ready_timeout=timedelta(seconds=30),
-        guardrails=(GuardrailSpec("up", f'up{{job="recsys"}}', 1, Direction.MIN),),
+        guardrails=(GuardrailSpec("up", 'up{job="recsys"}', 1, Direction.MIN),),
     )  # fmt: skip
 
 

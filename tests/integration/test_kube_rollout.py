@@ -462,7 +462,6 @@ async def canary_world(tmp_path: Path, make_rollout: Make):  # noqa: ANN201 - te
 
 async def drive(w: Any, admin: Any, run_id: str, traffic: Any, ready: tuple[str, ...] = (STABLE, CANARY),
                 unready: tuple[str, ...] = (), limit: int = 300) -> list[Any]:  # fmt: skip
-    from controller.core.runs import Phase
 
     seen: list[Any] = []
     for _ in range(limit):

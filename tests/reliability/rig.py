@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import textwrap
 import threading
 import time
 import urllib.error
@@ -23,9 +22,9 @@ import yaml
 
 from tests.fakes.gitlab import DEFAULT_PROJECT_PATH, DEFAULT_TOKEN, FakeGitlab
 from tests.infra import kube
+from tests.infra.stack_configs import ALERTNAME, GAUGE, RULES, alertmanager_config, prometheus_config
 from tests.infra.exporter import CounterExporter
 from tests.infra.procs import (
-    Service,
     controller_service,
     free_port,
     start_alertmanager,
@@ -40,22 +39,6 @@ INITIAL_IMAGE = "registry.example/recsys@sha256:" + "0" * 64
 TOTAL_REPLICAS = 10
 TOKEN = "am-chaos-token-6d1b9f"
 CALLBACK_SECRET = "chaos-callback-secret-2e8a"
-GAUGE = "recsys_precision_at_k"
-ALERTNAME = "RecsysPrecisionAtKDrop"
-
-RULES = textwrap.dedent(
-    f"""
-    groups:
-      - name: recsys
-        interval: 1s
-        rules:
-          - alert: {ALERTNAME}
-            expr: {GAUGE} < 0.1
-            for: 0s
-            labels: {{action: retrain}}
-    """
-)
-
 
 def controller_config(tmp: Path, port: int, gitlab_url: str, prometheus_url: str, kubeconfig: Path) -> dict[str, Any]:
     return {
@@ -91,40 +74,6 @@ def controller_config(tmp: Path, port: int, gitlab_url: str, prometheus_url: str
             }
         ],
     }
-
-
-def alertmanager_config(controller_port: int, token_file: Path) -> str:
-    return textwrap.dedent(
-        f"""
-        route:
-          receiver: retrain-controller
-          group_by: [model]
-          group_wait: 500ms
-          group_interval: 1s
-          repeat_interval: 2s
-        receivers:
-          - name: retrain-controller
-            webhook_configs:
-              - url: http://127.0.0.1:{controller_port}/api/v1/alerts
-                send_resolved: true
-                http_config:
-                  authorization: {{type: Bearer, credentials_file: {token_file}}}
-        """
-    )
-
-
-def prometheus_config(am_port: int, target: str) -> str:
-    return textwrap.dedent(
-        f"""
-        global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}
-        rule_files: [rules.yml]
-        alerting:
-          alertmanagers: [{{static_configs: [{{targets: ["127.0.0.1:{am_port}"]}}]}}]
-        scrape_configs:
-          - job_name: recsys
-            static_configs: [{{targets: ["{target}"]}}]
-        """
-    )
 
 
 class Rig:
@@ -179,7 +128,7 @@ class Rig:
         token_file = self.workdir / "alertmanager" / "token"
         token_file.parent.mkdir(parents=True, exist_ok=True)
         token_file.write_text(TOKEN + "\n")
-        self.alertmanager = start_alertmanager(self.workdir / "alertmanager", alertmanager_config(port, token_file),
+        self.alertmanager = start_alertmanager(self.workdir / "alertmanager", alertmanager_config(port, token_file, group_wait="500ms"),
                                                port=am_port)  # fmt: skip
         s.callback(self.alertmanager.stop)
         self.prometheus = start_prometheus(self.workdir / "prometheus", prometheus_config(am_port, self.exporter.target),

@@ -82,3 +82,23 @@ def test_safe_url_refuses_anything_but_http_and_https(url):
 def test_safe_url_keeps_http_and_https(url):
     assert safe_url(url) == url
 
+
+
+async def test_generator_and_alertmanager_urls_become_links_when_http(aiohttp_client, tmp_path):
+    env = await make_env(aiohttp_client, tmp_path)
+    good = am_alert(fp="aa01")
+    good["generatorURL"] = "http://prometheus.example:9090/graph?g0.expr=precision%3C0.02"
+    bad = am_alert("RecsysFeatureDrift", fp="aa02")
+    bad["generatorURL"] = "javascript:alert(1)"
+    r = await env.client.post("/api/v1/alerts", json=notification(good, bad, externalURL="https://am.example/"),
+                              headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    run_id = (await r.json())["alerts"][0]["run_id"]
+    decisions = (await (await env.client.get(f"/api/v1/runs/{run_id}")).json())["alerts"]
+    assert {d["generator_url"] for d in decisions} == {good["generatorURL"], "javascript:alert(1)"}  # kept as sent
+    assert {d["external_url"] for d in decisions} == {"https://am.example/"}
+    for path in ("/", f"/runs/{run_id}"):
+        html = await (await env.client.get(path)).text()
+        hrefs = [a["href"] for _, a in tags(html) if "href" in a]
+        assert "http://prometheus.example:9090/graph?g0.expr=precision%3C0.02" in hrefs
+        assert hrefs.count("https://am.example/") == 2  # both alerts came through that Alertmanager
+        assert "javascript:" not in html
