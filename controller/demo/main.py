@@ -168,6 +168,7 @@ class Demo:
         from controller.app import build_adapters, create_app
         from controller.config import load_settings
         from controller.observability import setup_logging
+        from controller.web.server import quiet_protocol_errors, server_options
 
         work = self.opts.workdir.resolve()
         config = work / "controller.yaml"
@@ -181,7 +182,8 @@ class Demo:
         log = open(work / "controller.log", "a", buffering=1)  # noqa: SIM115 (closed with the process)
         setup_logging(settings.server.log_level, "json", settings.secrets.values(), stream=log)
         app = create_app(settings, build_adapters(settings, rollouts={MODEL: sim.rollout}))
-        runner = web.AppRunner(app, access_log=None)
+        quiet_protocol_errors()
+        runner = web.AppRunner(app, access_log=None, **server_options(settings.server))  # as `serve` runs it
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         return runner
