@@ -33,6 +33,13 @@ def setup(app: web.Application) -> None:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["utc"] = _utc
+    env.filters["short_image"] = short_image
+
+
+def short_image(image: str, digits: int = 12) -> str:
+    """`repo@sha256:<64 hex>` as `repo@sha256:<12 hex>…`: enough to tell images apart in a table cell."""
+    name, sep, digest = image.partition("@sha256:")
+    return f"{name}{sep}{digest[:digits]}…" if sep and len(digest) > digits else image
 
 
 def _utc(value: datetime | str | None) -> str:
@@ -63,6 +70,18 @@ def safe_url(url: object) -> str | None:
     except ValueError:  # e.g. a broken [IPv6] host
         return None
     return url if scheme in ("http", "https") else None
+
+
+def stage_rows(events: list[Any]) -> list[dict[str, Any]]:
+    """One row per pipeline stage, in the order stages began: its latest status, and its latest detail."""
+    rows: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if not isinstance(e, Mapping):
+            continue
+        row = rows.setdefault(str(e.get("stage")), {"stage": e.get("stage"), "status": "", "detail": ""})
+        row["status"] = e.get("status")
+        row["detail"] = e.get("detail") or row["detail"]
+    return list(rows.values())
 
 
 def alert_view(decision: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -256,7 +275,7 @@ async def run_page(request: web.Request) -> web.Response:
         "chart": chart(measurements if isinstance(measurements, list) else [], tolerance, indifference),
         "verdict": verdict if isinstance(verdict, Mapping) else None,
         "audit": [a for a in audit if isinstance(a, Mapping)] if isinstance(audit, list) else [],
-        "stages": [s for s in stages if isinstance(s, Mapping)] if isinstance(stages, list) else [],
+        "stages": stage_rows(stages if isinstance(stages, list) else []),
         "offline_metrics": dict(metrics) if isinstance(metrics, Mapping) else {},
         "previous_image": run.extra.get("previous_image"),
         "retry_of": run.extra.get("retry_of"),

@@ -154,3 +154,20 @@ async def test_chart_from_a_real_canary_analysis(tmp_path):
             assert all(re.fullmatch(r"[\d.]+,[\d.]+", p) for p in c["canary"].split())
         finally:
             await world.stop()
+
+
+def test_pipeline_stages_show_one_row_each_with_the_latest_status_and_detail():
+    from controller.web.pages import stage_rows
+
+    events = [{"stage": "train", "status": "running", "detail": ""}, {"stage": "train", "status": "success",
+              "detail": "model v1 in 1.3s"}, {"stage": "build", "status": "running", "detail": "queued"},
+              "junk", {"stage": "build", "status": "failed", "detail": ""}]  # fmt: skip
+    assert stage_rows(events) == [{"stage": "train", "status": "success", "detail": "model v1 in 1.3s"},
+                                  {"stage": "build", "status": "failed", "detail": "queued"}]  # fmt: skip
+
+
+def test_short_image_keeps_the_repository_and_the_start_of_the_digest():
+    from controller.web.pages import short_image
+
+    assert short_image("ecr.example/recsys@sha256:" + "a" * 64) == "ecr.example/recsys@sha256:aaaaaaaaaaaa…"
+    assert short_image("recsys:v1") == "recsys:v1"
