@@ -123,8 +123,10 @@ class Canary:
             # steps before carried in: pooling counts across a change of split is biased when precision drifts.
             tallies = {m: {arm: start(reading[m][arm]).as_dict() for arm in ARMS} for m in reading}
             state = {
+                # The first look comes one interval after the baseline: sooner, Prometheus may not have scraped
+                # the new split yet, and a look with no new counts would count against max_no_data.
                 **state, "stage": "judging", "step_started_at": _iso(now), "stage_since": _iso(now),
-                "tallies": tallies, "totals": {arm: {m: 0.0 for m in reading} for arm in ARMS},
+                "last_look_at": _iso(now), "tallies": tallies, "totals": {arm: {m: 0.0 for m in reading} for arm in ARMS},
                 "analysis_started_at": state["analysis_started_at"] or _iso(now),
             }  # fmt: skip
             cause = f"canary ready: {c.ready_replicas} pod(s) of {run.image} at step {state['step'] + 1} ({weight}%)"

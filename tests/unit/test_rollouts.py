@@ -278,3 +278,16 @@ async def test_a_requests_counter_makes_the_judge_allow_for_correlated_slots(tmp
         assert run.extra["measurements"][-1]["canary"]["units"] == 300
     finally:
         await w.stop()
+
+
+async def test_the_first_look_of_a_step_waits_one_interval_after_its_baseline(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()  # ready: baseline taken, analyzing
+    await world.controller.tick()  # same moment: nothing scraped since the baseline, so no look yet
+    assert "measurements" not in (await world.run(run_id)).extra
+    world.clock.advance(seconds=59)
+    await world.controller.tick()
+    assert "measurements" not in (await world.run(run_id)).extra
+    await world.minute(*EQUAL)
+    looks = (await world.run(run_id)).extra["measurements"]
+    assert len(looks) == 1 and looks[0]["verdict"] != "no_data"
