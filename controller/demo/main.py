@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import math
 import secrets
@@ -19,7 +20,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Callable, TextIO
 
 import aiohttp
 import yaml
@@ -28,7 +30,8 @@ from aiohttp import web
 from controller.demo.configs import FLOOR_SHARE, MIN_FOR, MIN_WINDOW, MODEL, TIME_FACTOR, Options, controller_config
 from controller.demo.configs import prepare_workdir, prometheus_config
 from controller.demo.meter import Meter
-from controller.demo.processes import Child, DemoError, alertmanager, free_port, kill_pipelines, port_free, prometheus
+from controller.demo.processes import ALERTMANAGER, PROMETHEUS, DemoError, alertmanager, find_binary, free_port
+from controller.demo.processes import free_ports, kill_pipelines, port_free, prometheus
 from controller.demo.simulation import Simulation
 from controller.demo.story import PRECISION_ALERT, Story, check
 from controller.demo.timescale import demo_alertmanager, demo_rules
@@ -51,7 +54,8 @@ class Demo:
         self.tty = out.isatty()
         self.t0 = time.monotonic()
         self.meter = Meter()
-        self.children: list[Child] = []
+        self.signal: int | None = None
+        self._log_file: TextIO | None = None
         self.result = Outcome()
         self.stop = asyncio.Event()
         self._status = ""
@@ -88,18 +92,27 @@ class Demo:
 
     async def run(self) -> int:
         opts = self.opts
-        prepare_workdir(opts.workdir)
-        work = opts.workdir.resolve()
+        find_binary(PROMETHEUS), find_binary(ALERTMANAGER)  # before anything is touched
         port = opts.port or free_port()
         if not port_free(port):
             raise DemoError(f"port {port} is in use (is `make run` or another demo running?); pick one with --port")
-        prom_port, am_port = free_port(), free_port()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(lock_workdir(opts.workdir).close)  # one demo per directory: a second must not empty it
+            prepare_workdir(opts.workdir)
+            await self._play(stack, port)
+        self.say("stopped: controller, Prometheus, Alertmanager and the model service")
+        return self._finish()
 
+    async def _play(self, stack: contextlib.AsyncExitStack, port: int) -> None:
+        """Start everything, registering how to stop each part as it starts (undone in reverse, each on its own)."""
+        opts, work = self.opts, self.opts.workdir.resolve()
+        prom_port, am_port = free_ports(2, avoid=port)
         self.say(f"simulating a recommender (seed {opts.seed}): 7 days of history, first model ...")
         sim = Simulation(work / "data", work / "models", seed=opts.seed, requests_per_day=opts.requests_per_day)
         sim.rollout.settle_s = 1.0  # a pod takes a moment to become ready
         await asyncio.to_thread(sim.bootstrap)
         warmup = await asyncio.to_thread(sim.service.serve, opts.requests_per_day)
+        self._check_stop()
         before = warmup["stable"].precision
         self.result.precision_before = before
         floor = round(FLOOR_SHARE * before, 3)
@@ -121,48 +134,41 @@ class Demo:
                                    f"http://127.0.0.1:{port}/api/v1/alerts", str(token_file))  # fmt: skip
         (work / "alertmanager.yml").write_text(am_yml)
         metrics = sim.service.serve_metrics(0)
+        stack.callback(_safely, metrics.close)
         (work / "prometheus.yml").write_text(prometheus_config(rules, am_port, metrics.port, port))
 
-        prom = prometheus(work, prom_port, work / "prometheus.yml")
-        am = alertmanager(work, am_port, work / "alertmanager.yml")
-        runner: web.AppRunner | None = None
-        tasks: list[asyncio.Task[Any]] = []
-        try:
-            for child in (prom, am):
-                self.children.append(child.start())
-            await asyncio.to_thread(prom.wait_ready, f"http://127.0.0.1:{prom_port}/-/ready")
-            await asyncio.to_thread(am.wait_ready, f"http://127.0.0.1:{am_port}/-/ready")
-            runner = await self._start_controller(sim, port, prom_port, token)
-            self.say(f"Prometheus http://127.0.0.1:{prom_port}/alerts  Alertmanager http://127.0.0.1:{am_port}/")
-            self.say(f"status page http://127.0.0.1:{port}/   logs and data in {work}/")
-            self.say("precision@k decays as users' tastes drift; watch for the alert" +
-                     ("" if opts.once else "  (Ctrl-C stops everything)"))  # fmt: skip
-            tasks = [asyncio.create_task(self._traffic(sim)), asyncio.create_task(self._watch(runner, prom_port))]
-            stopper = asyncio.create_task(self.stop.wait())
-            done, _ = await asyncio.wait([stopper, *tasks], timeout=opts.timeout_s if opts.once else None,
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-            for t in done:
-                if t is not stopper and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-            stopper.cancel()
-            if opts.once and not done:
-                self.say(f"timed out after {opts.timeout_s:.0f}s")
-        finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            if self.tty:
-                self._write("\r\x1b[K")
-            if runner is not None:
-                await runner.cleanup()
-            kill_pipelines(work / "pipelines")
-            metrics.close()
-            for child in reversed(self.children):
-                await asyncio.to_thread(child.stop)
-            self.say("stopped: controller, Prometheus, Alertmanager and the model service")
-        return self._finish()
+        children = [prometheus(work, prom_port, work / "prometheus.yml"),
+                    alertmanager(work, am_port, work / "alertmanager.yml")]  # fmt: skip
+        for child in children:
+            child.start()
+            stack.push_async_callback(asyncio.to_thread, _safely, child.stop)
+        for child, p in zip(children, (prom_port, am_port)):
+            await asyncio.to_thread(child.wait_ready, f"http://127.0.0.1:{p}/-/ready")
+            self._check_stop()
+        stack.callback(_safely, kill_pipelines, work / "pipelines")  # after the controller stopped starting them
+        runner = await self._start_controller(sim, port, prom_port, token)
+        stack.push_async_callback(runner.cleanup)
+        self.say(f"Prometheus http://127.0.0.1:{prom_port}/alerts  Alertmanager http://127.0.0.1:{am_port}/")
+        self.say(f"status page http://127.0.0.1:{port}/   logs and data in {work}/")
+        self.say("precision@k decays as users' tastes drift; watch for the alert" +
+                 ("" if opts.once else "  (Ctrl-C stops everything)"))  # fmt: skip
+        tasks = [asyncio.create_task(self._traffic(sim)), asyncio.create_task(self._watch(runner, prom_port))]
+        stack.push_async_callback(_cancel, tasks)
+        if self.tty:
+            stack.callback(self._write, "\r\x1b[K")
+        stopper = asyncio.create_task(self.stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], timeout=opts.timeout_s if opts.once else None,
+                                     return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        stopper.cancel()
+        for t in done:
+            if t is not stopper and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        if opts.once and not done:
+            self.say(f"timed out after {opts.timeout_s:.0f}s")
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted()
 
     async def _start_controller(self, sim: Simulation, port: int, prom_port: int, token: str) -> web.AppRunner:
         from controller.app import build_adapters, create_app
@@ -179,13 +185,18 @@ class Demo:
         env = {"RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN": token, "RETRAIN_CONTROLLER_ADMIN_TOKEN": admin,
                "RETRAIN_CONTROLLER_CALLBACK_SECRET": secrets.token_urlsafe(32)}  # fmt: skip
         settings = load_settings(config, env)
-        log = open(work / "controller.log", "a", buffering=1)  # noqa: SIM115 (closed with the process)
+        log = open(work / "controller.log", "a", buffering=1)  # noqa: SIM115 (closed when the demo ends)
+        self._log_file = log
         setup_logging(settings.server.log_level, "json", settings.secrets.values(), stream=log)
         app = create_app(settings, build_adapters(settings, rollouts={MODEL: sim.rollout}))
         quiet_protocol_errors()
         runner = web.AppRunner(app, access_log=None, **server_options(settings.server))  # as `serve` runs it
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+        except BaseException:
+            await runner.cleanup()  # the store and the loop are already running
+            raise
         return runner
 
     async def _traffic(self, sim: Simulation) -> None:
@@ -316,9 +327,10 @@ class Demo:
         r = self.result
         if not self.opts.once:
             return 0
-        if self.stop.is_set() and r.story is None:
+        if self.signal is not None and r.story is None:
             self.say("interrupted before the story ended")
-            return 130
+            self._write(json.dumps({"outcome": None, "ok": False, "error": "interrupted"}) + "\n")
+            return 128 + self.signal
         story = r.story
         if story is None:
             self.say("the story did not finish")
@@ -362,17 +374,63 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+class Interrupted(Exception):
+    """A signal arrived while the demo was still starting."""
+
+
+def lock_workdir(workdir: Path) -> TextIO:
+    """An exclusive lock beside the working directory, held while the demo runs."""
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(workdir.parent / f".{workdir.name}.lock", "w")  # noqa: SIM115 (closed when the demo ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise DemoError(f"another demo is running in {workdir}; stop it or pick another --workdir") from None
+    return lock
+
+
+def _safely(fn: Callable[..., Any], *args: Any) -> None:
+    """One step of stopping: its failure is reported and the next step still runs."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 (stopping goes on regardless)
+        print(f"demo: while stopping: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
 def main(opts: Options, out: TextIO = sys.stdout) -> int:
     demo = Demo(opts, out)
+
+    def stop(sig: int) -> None:
+        demo.signal = demo.signal or sig
+        demo.stop.set()
 
     async def play() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, demo.stop.set)
-        return await demo.run()
+            loop.add_signal_handler(sig, stop, int(sig))
+        try:
+            return await demo.run()
+        finally:
+            if demo._log_file is not None:
+                demo._log_file.close()
 
     try:
         return asyncio.run(play())
-    except DemoError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
+    except Interrupted:
+        return 128 + (demo.signal or signal.SIGINT)
+    except Exception as exc:  # noqa: BLE001 (say what broke, and keep the --once contract of a JSON last line)
+        message = str(exc) if isinstance(exc, DemoError) else f"{type(exc).__name__}: {exc}"
+        print(f"demo: {message}", file=sys.stderr)
+        if opts.once:
+            out.write(json.dumps({"outcome": None, "ok": False, "error": message}) + "\n")
+            out.flush()
         return 1

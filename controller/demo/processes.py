@@ -31,7 +31,10 @@ class DemoError(Exception):
 def find_binary(spec: tuple[str, Sequence[str]]) -> str:
     env_var, names = spec
     if os.environ.get(env_var):
-        return os.environ[env_var]
+        path = os.environ[env_var]
+        if not os.access(path, os.X_OK):
+            raise DemoError(f"{env_var}={path} is not an executable file")
+        return path
     for name in names:
         path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
         if path:
@@ -40,9 +43,24 @@ def find_binary(spec: tuple[str, Sequence[str]]) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int, avoid: int = 0) -> list[int]:
+    """`n` distinct free ports, none of them `avoid`: every socket stays bound until all are chosen."""
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            sockets.append(s)
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] != avoid:
+                ports.append(int(s.getsockname()[1]))
+        return ports
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def port_free(port: int) -> bool:
@@ -55,9 +73,13 @@ def port_free(port: int) -> bool:
     return True
 
 
+# Looked up once here: between fork and exec (preexec_fn) only the call itself is safe, not a dlopen.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Child:
@@ -117,15 +139,51 @@ def alertmanager(workdir: Path, port: int, config: Path) -> Child:
     return Child("alertmanager", argv, workdir / "alertmanager.log")
 
 
-def kill_pipelines(state_dir: Path) -> int:
+def kill_pipelines(state_dir: Path, pid_wait_s: float = 1.0, grace_s: float = 3.0) -> int:
     """Stop training commands the controller started (they run in sessions of their own, as a CI pipeline
-    outlives a controller restart); the demo owns them and must leave nothing behind."""
-    killed = 0
-    for pid_file in state_dir.glob("*/pid"):
-        try:
-            pid = int(pid_file.read_text().strip())
-            os.killpg(pid, signal.SIGTERM)
-            killed += 1
-        except (OSError, ValueError):
-            pass
-    return killed
+    outlives a controller restart); the demo owns them and must leave nothing behind. Finished ones are left
+    alone (their process group id may be reused); one just launched gets a moment to write its pid."""
+    groups = []
+    deadline = time.monotonic() + pid_wait_s
+    for run_dir in sorted(state_dir.glob("*/")) if state_dir.exists() else []:
+        if (run_dir / "exit").exists() or not (run_dir / "started").exists():
+            continue
+        pid = _read_pid(run_dir / "pid")
+        while pid is None and time.monotonic() < deadline and not (run_dir / "exit").exists():
+            time.sleep(0.05)
+            pid = _read_pid(run_dir / "pid")
+        if pid is not None and _signal_group(pid, signal.SIGTERM):
+            groups.append(pid)
+    signaled, end = len(groups), time.monotonic() + grace_s
+    while groups and time.monotonic() < end:
+        time.sleep(0.1)
+        groups = [g for g in groups if _group_alive(g)]
+    for g in groups:
+        _signal_group(g, signal.SIGKILL)
+    return signaled
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Its leader runs (a zombie leader waits only to be reaped by a controller that is gone), or it is gone and
+    others of the group remain."""
+    if not _signal_group(pgid, 0):
+        return False
+    try:
+        return Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False

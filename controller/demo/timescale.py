@@ -17,10 +17,10 @@ import yaml
 
 from controller.core.durations import parse_duration
 
-_DURATION = r"\d+(?:\.\d+)?(?:ms|s|m|h|d|w|y)(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w|y))*"
+_DURATION = r"\d+(?:\.\d+)?(?:ms|s|m|h|d|w)(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))*"
 _RANGE = re.compile(rf"\[({_DURATION})(?::({_DURATION})?)?\]")
 _OFFSET = re.compile(rf"\boffset\s+({_DURATION})")
-_FLOOR = re.compile(r"(model:recsys_precision_at_k:ratio_rate1h\s*<\s*)(\d+(?:\.\d+)?)(?![\d.])(?!\s*\*)")
+_FLOOR = re.compile(r"(model:recsys_precision_at_k:ratio_rate1h\s*<\s*)(\d+(?:\.\d+)?)(?![\d.eE])(?!\s*\*)")
 PRECISION_ALERT = "RecsysPrecisionAtKDrop"
 
 

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -24,10 +24,10 @@ from tests.infra.procs import alertmanager_binary, prometheus_binary
 BIN = Path(sys.executable).parent / "retrain-controller"
 
 
-def _processes_mentioning(text: str) -> list[str]:
+def _processes_mentioning(text: str, but: int | None = None) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        if not proc.name.isdigit() or int(proc.name) in (os.getpid(), but):
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -57,9 +57,19 @@ def stories(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
             out[name] = (p.returncode, text, dirs[name])
     finally:
         for p in procs.values():
-            if p.poll() is None:
-                p.kill()
+            _stop(p)
     yield out
+
+
+def _stop(p: subprocess.Popen[str]) -> None:
+    """Ctrl-C first, so the demo stops its children; a kill only if that did not work."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
 
 
 def _summary(text: str) -> dict[str, object]:
@@ -100,25 +110,42 @@ def test_ctrl_c_stops_every_process_and_frees_the_port(tmp_path):
     prometheus_binary(), alertmanager_binary()
     workdir = tmp_path / "demo"
     p = _start(workdir)
-    lines: list[str] = []
-    url = None
-    deadline = time.monotonic() + 60
-    assert p.stdout is not None
-    while url is None and time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "status page http://" in line:
-            url = line.split("status page ")[1].split()[0]
-    assert url, "".join(lines)
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        assert resp.status == 200 and b"recsys" in resp.read()
-    assert len(_processes_mentioning(str(workdir))) >= 2  # Prometheus and Alertmanager are up
-    p.send_signal(signal.SIGINT)
-    rest, _ = p.communicate(timeout=60)
+    try:
+        lines = _read_until(p, "status page http://", 60)
+        url = lines[-1].split("status page ")[1].split()[0]
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            assert resp.status == 200 and b"recsys" in resp.read()
+        assert len(_processes_mentioning(str(workdir), but=p.pid)) >= 2  # Prometheus and Alertmanager are up
+        second = subprocess.run([str(BIN), "demo", "--port", "0", "--workdir", str(workdir), "--once"],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert second.returncode == 1 and "another demo is running" in second.stderr  # it empties nothing
+        assert json.loads(second.stdout.strip().splitlines()[-1])["ok"] is False
+        assert (workdir / "controller.db").exists()
+        p.send_signal(signal.SIGINT)
+        rest, _ = p.communicate(timeout=60)
+    finally:
+        _stop(p)
     assert p.returncode == 0, "".join(lines) + rest
     assert "stopped: controller, Prometheus, Alertmanager and the model service" in rest
     assert _processes_mentioning(str(workdir)) == []
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def _read_until(p: subprocess.Popen[str], text: str, timeout_s: float) -> list[str]:
+    """Lines of the demo's output up to the first containing `text`; a reader thread, so a silent demo cannot
+    block the test past its deadline."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout_s), "".join(lines)
+    return lines

@@ -83,3 +83,48 @@ def test_meter_precision_is_hits_over_slots_in_the_window():
     assert m.precision("canary", 2) is None
     m.add(200.0, {"stable": TrackCounts(slots=10, hits=1)})  # older than the horizon is forgotten
     assert m.precision("stable", 0) == pytest.approx(0.1)
+
+
+def test_free_ports_are_distinct_and_avoid_the_one_in_use():
+    from controller.demo.processes import free_ports
+
+    ports = free_ports(5, avoid=8080)
+    assert len(set(ports)) == 5 and 8080 not in ports
+
+
+def test_one_demo_per_working_directory(tmp_path):
+    from controller.demo.main import lock_workdir
+    from controller.demo.processes import DemoError
+
+    first = lock_workdir(tmp_path / "demo")
+    with pytest.raises(DemoError, match="another demo is running"):
+        lock_workdir(tmp_path / "demo")
+    first.close()
+    lock_workdir(tmp_path / "demo").close()  # free again once the first one ended
+
+
+def test_kill_pipelines_stops_running_ones_and_leaves_finished_ones_alone(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from controller.demo.processes import kill_pipelines
+
+    running = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    finished = subprocess.Popen(["sleep", "60"], start_new_session=True)  # stands for a reused process group id
+    for name, proc, done in (("a", running, False), ("b", finished, True)):
+        (tmp_path / name / "started").mkdir(parents=True)
+        (tmp_path / name / "pid").write_text(f"{proc.pid}\n")
+        if done:
+            (tmp_path / name / "exit").write_text("0\n")
+    (tmp_path / "c" / "started").mkdir(parents=True)  # launched, no pid yet: waited for briefly, then skipped
+    started = time.monotonic()
+    try:
+        assert kill_pipelines(tmp_path, pid_wait_s=0.3) == 1
+        assert running.wait(5) is not None and finished.poll() is None
+        assert time.monotonic() - started < 3
+    finally:
+        for proc in (running, finished):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
