@@ -10,10 +10,8 @@ serves every module that asks for them, started on first use; each module sets u
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,6 +19,7 @@ import pytest
 import yaml
 
 from tests.infra import kube
+from tests.infra.exporter import CounterExporter
 from tests.infra.stack_configs import GAUGE, RULES, alertmanager_config, prometheus_config
 from tests.infra.kube import KubeCluster
 from tests.infra.procs import (
@@ -78,50 +77,24 @@ class GaugeExporter:
     """/metrics with one gauge, recsys_precision_at_k{model="recsys"}, whose value the test sets."""
 
     def __init__(self, value: float = HEALTHY, model: str = "recsys"):
-        self.value = value
         self.model = model
-        self.scrapes = 0
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                exporter.scrapes += 1
-                body = (
-                    f"# HELP {GAUGE} precision@k of the live model\n# TYPE {GAUGE} gauge\n"
-                    f'{GAUGE}{{model="{exporter.model}"}} {exporter.value}\n'
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, name="gauge-exporter", daemon=True)
+        self._exporter = CounterExporter()
+        self._exporter.set_type(GAUGE, "gauge")
+        self.set(value)
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self._exporter.target
 
     def set(self, value: float) -> None:
-        self.value = value
+        self._exporter.set(GAUGE, {"model": self.model}, value)
 
     def start(self) -> "GaugeExporter":
-        self.thread.start()
+        self._exporter.start()
         return self
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self._exporter.close()
 
 
 @pytest.fixture
