@@ -18,6 +18,7 @@ from controller.ports import (
     Clock,
     MetricsSource,
     Rollout,
+    RolloutError,
     NotificationRecord,
     PipelineError,
     PipelineRef,
@@ -29,6 +30,8 @@ from controller.ports import (
 )
 from controller.rollouts import Canary, CanarySpec
 
+LIVE_STABLE_TTL = timedelta(seconds=30)  # a cluster read of the stable image is shown this long
+LIVE_STABLE_TIMEOUT = 2.0  # a status page waits no longer than this for the cluster
 CANARY_PHASES = (Phase.DEPLOYING, Phase.ANALYZING, Phase.PROMOTING, Phase.ROLLING_BACK)
 
 
@@ -115,6 +118,9 @@ class Controller:
         # A tick waits `step_wait` seconds for them (None: until done); slower ones go on in the background.
         self.step_wait = step_wait
         self._stepping: dict[str, asyncio.Task[None]] = {}
+        # model -> (when read, stable image the cluster runs): the status page's fallback before any
+        # run has recorded one; cached so a page refresh is not a Kubernetes call per model.
+        self._live_stable: dict[str, tuple[datetime, str | None]] = {}
         self.canaries: dict[str, Canary] = {}
         for name, spec in (canary_specs or {}).items():
             rollout = (rollouts or {}).get(name)
@@ -576,6 +582,8 @@ class Controller:
             stable = done.image if done else None
             if stable is None and last is not None:
                 stable = last.extra.get("previous_image")  # type: ignore[assignment]
+            if stable is None:
+                stable = await self._cluster_stable(name)
             out.append(
                 {
                     **item,
@@ -589,6 +597,23 @@ class Controller:
                 }
             )  # fmt: skip
         return out
+
+    async def _cluster_stable(self, model: str) -> str | None:
+        """The stable image the model's rollout reports; None without a rollout or when it cannot say soon."""
+        canary = self.canaries.get(model)
+        if canary is None:
+            return None
+        now = self.clock.now()
+        cached = self._live_stable.get(model)
+        if cached is not None and timedelta(0) <= now - cached[0] < LIVE_STABLE_TTL:
+            return cached[1]
+        try:
+            image = (await asyncio.wait_for(canary.rollout.status(), LIVE_STABLE_TIMEOUT)).stable.image
+        except (RolloutError, TimeoutError) as exc:
+            self.log.debug("stable_image_unknown", model=model, error=str(exc) or type(exc).__name__)
+            image = None
+        self._live_stable[model] = (now, image)
+        return image
 
     # ---- pipeline news ------------------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ class GitlabRunner:
         # never outlives the call by much (a late create is then found by the lookup, not created twice).
         self.call_timeout = call_timeout
         self.retry_total = retry_total
-        self.backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self.backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max)
         self.poll_interval = poll_interval
         self.sleep = sleep
         self._polled: dict[str, tuple[float, PipelineStatus]] = {}

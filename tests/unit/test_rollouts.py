@@ -291,3 +291,20 @@ async def test_the_first_look_of_a_step_waits_one_interval_after_its_baseline(wo
     await world.minute(*EQUAL)
     looks = (await world.run(run_id)).extra["measurements"]
     assert len(looks) == 1 and looks[0]["verdict"] != "no_data"
+
+
+async def test_before_any_run_the_stable_image_comes_from_the_cluster_cached_and_unknown_on_errors(world):
+    [recsys] = [m for m in await world.controller.models_status() if m["name"] == "recsys"]
+    assert recsys["stable_image"] == OLD  # no run yet: what the rollout reports
+    world.rollout.stable.image = IMAGE
+    [recsys] = [m for m in await world.controller.models_status() if m["name"] == "recsys"]
+    assert recsys["stable_image"] == OLD  # cached: a page refresh is not a cluster call per model
+    world.clock.advance(seconds=31)
+    [recsys] = [m for m in await world.controller.models_status() if m["name"] == "recsys"]
+    assert recsys["stable_image"] == IMAGE
+    world.clock.advance(seconds=31)
+    world.rollout.errors.append(RolloutError("apiserver: 503"))
+    [recsys] = [m for m in await world.controller.models_status() if m["name"] == "recsys"]
+    assert recsys["stable_image"] is None  # the page says "unknown" rather than guess
+    others = [m for m in await world.controller.models_status() if m["name"] != "recsys"]
+    assert others and all(m["stable_image"] is None for m in others)  # no rollout for them
