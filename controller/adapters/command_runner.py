@@ -3,7 +3,8 @@
 Each run gets a directory `<state_dir>/<run_id>/`. Creating its `started` marker is atomic, so a run is
 launched at most once, even across restarts. A small shell wrapper writes the command's exit status to a file
 when it ends, so the outcome survives a controller restart; a run whose process is gone without leaving
-one is reported `lost`.
+one is reported `lost`. While the process that launched a command lives, it also knows the outcome from the
+child itself, so a full disk (no pid or exit file written) neither loses a finished run nor a running one.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from controller.ports import PipelineError, PipelineRef, PipelineRequest, Pipeli
 
 # Runs the command, then records its status atomically. $1 is the run directory; the rest is the command.
 _WRAPPER = 'dir="$1"; shift; echo $$ > "$dir/pid.tmp" && mv "$dir/pid.tmp" "$dir/pid"; "$@" > "$dir/log" 2>&1; ' \
-    'rc=$?; echo "$rc" > "$dir/exit.tmp" && mv "$dir/exit.tmp" "$dir/exit"'
+    'rc=$?; echo "$rc" > "$dir/exit.tmp" && mv "$dir/exit.tmp" "$dir/exit"; exit "$rc"'
 # A wrapper that has not written its pid yet after this long is not coming.
 _START_GRACE_S = 30.0
+# Finished children whose return codes are kept in memory (dicts keep insertion order: oldest go first).
+_KEPT = 1000
 
 
 class CommandRunner:
@@ -40,7 +43,10 @@ class CommandRunner:
         self.env = dict(env or {})
         self.workdir = workdir
         self.start_grace_s = start_grace_s
-        self._children: set[asyncio.Task[int]] = set()
+        # run id -> the wrapper we launched: its return code is the command's, whatever the disk let it write.
+        self._children: dict[str, asyncio.Task[int]] = {}
+        self._pids: dict[str, int] = {}
+        self._canceled: set[str] = set()
 
     def _dir(self, run_id: str) -> Path:
         if not run_id or "/" in run_id or run_id.startswith("."):
@@ -80,21 +86,37 @@ class CommandRunner:
                 start_new_session=True,  # a pipeline outlives a controller restart, like a GitLab pipeline does
             )  # fmt: skip
         except OSError as exc:
-            (d / "exit").write_text("127\n")
+            try:
+                (d / "exit").write_text("127\n")
+            except OSError:
+                pass  # the permanent error below fails the run either way
             raise PipelineError(f"cannot start {self.command[0]}: {exc.strerror}", permanent=True) from exc
-        task = asyncio.create_task(proc.wait())  # reap the child so it never lingers as a zombie
-        self._children.add(task)
-        task.add_done_callback(self._children.discard)
+        # Reap the child so it never lingers as a zombie, and keep its return code.
+        self._children[request.run_id] = asyncio.create_task(proc.wait())
+        self._pids[request.run_id] = proc.pid
+        self._forget_old()
         return ref
+
+    def _forget_old(self) -> None:
+        """Keep the outcomes of the newest _KEPT finished children; the disk has the rest in the normal case."""
+        done = [run_id for run_id, task in self._children.items() if task.done()]
+        for run_id in done[: max(0, len(done) - _KEPT)]:
+            del self._children[run_id]
+            self._pids.pop(run_id, None)
+            self._canceled.discard(run_id)
 
     async def status(self, ref: PipelineRef) -> PipelineStatus:
         d = self._dir(ref.id.removeprefix("cmd-"))
         exit_file = d / "exit"
         if exit_file.exists():
-            code = exit_file.read_text().strip()
-            if code == "0":
-                return PipelineStatus("success")
-            return PipelineStatus("failed", f"command exited with status {code}{_tail(d / 'log')}")
+            return _finished(exit_file.read_text().strip(), d)
+        child = self._children.get(d.name)
+        if child is not None and not child.cancelled():
+            if not child.done():
+                return PipelineStatus("running")
+            if d.name in self._canceled or (d / "canceled").exists():
+                return PipelineStatus("canceled", "the command was stopped")
+            return _finished(str(child.result()), d)
         pid = _read_pid(d / "pid")
         if pid is not None and _alive(pid):
             return PipelineStatus("running")
@@ -107,8 +129,15 @@ class CommandRunner:
 
     async def cancel(self, ref: PipelineRef) -> None:
         d = self._dir(ref.id.removeprefix("cmd-"))
-        (d / "canceled").touch()  # SIGTERM takes the wrapper too, so it cannot record the outcome itself
+        self._canceled.add(d.name)
+        try:
+            (d / "canceled").touch()  # SIGTERM takes the wrapper too, so it cannot record the outcome itself
+        except OSError:
+            pass  # a full disk: this process still knows; after a restart the run is reported lost
+        child = self._children.get(d.name)
         pid = _read_pid(d / "pid")
+        if pid is None and child is not None and not child.done():
+            pid = self._pids.get(d.name)
         if pid is not None and _alive(pid):
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -116,8 +145,14 @@ class CommandRunner:
                 pass
 
     async def aclose(self) -> None:
-        for task in list(self._children):
+        for task in self._children.values():
             task.cancel()
+
+
+def _finished(code: str, d: Path) -> PipelineStatus:
+    if code == "0":
+        return PipelineStatus("success")
+    return PipelineStatus("failed", f"command exited with status {code}{_tail(d / 'log')}")
 
 
 def _variables(request: PipelineRequest) -> dict[str, str]:

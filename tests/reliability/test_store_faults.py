@@ -351,6 +351,37 @@ async def test_a_pipeline_that_cannot_be_prepared_on_a_full_disk_is_retried_not_
     await runner.aclose()
 
 
+async def test_a_pipeline_that_ends_while_the_disk_is_full_keeps_its_outcome(volume, tmp_path):
+    from datetime import datetime, timezone
+
+    from controller.adapters.command_runner import CommandRunner
+    from controller.ports import PipelineRequest
+
+    gates = {code: tmp_path / f"gate-{code}" for code in (0, 3)}
+    runners, refs = {}, {}
+    for code, gate in gates.items():  # the gates live off the volume: the commands wait, then exit with `code`
+        runners[code] = CommandRunner(["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done; exit {code}"],
+                                      volume.path / f"pipelines-{code}")  # fmt: skip
+        request = PipelineRequest(f"r{code}", "recsys", ("drift",), datetime.now(timezone.utc), alerts=[{"x": 1}])
+        refs[code] = await runners[code].trigger(request)
+    assert volume.fill() == errno.ENOSPC
+    for code, gate in gates.items():
+        await asyncio.sleep(0.3)
+        assert (await runners[code].status(refs[code])).state == "running"
+        gate.touch()
+    expected = {0: "success", 3: "failed"}
+    for code, runner in runners.items():
+        deadline = time.monotonic() + 10
+        while (status := await runner.status(refs[code])).state == "running":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert status.state == expected[code], status
+        assert not (volume.path / f"pipelines-{code}" / f"r{code}" / "exit").exists()  # the disk could not say it
+    assert "exited with status 3" in (await runners[3].status(refs[3])).detail
+    for runner in runners.values():
+        await runner.aclose()
+
+
 def test_sigterm_on_a_full_disk_exits_cleanly_and_the_store_opens_intact_afterwards(volume, start_controller):
     c = start_controller()
     status, answer, _ = c.post(notification(am_alert()))
