@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, cast
 from controller.core.alerts import Alert, Notification, format_ts, parse_ts
 from controller.core.callbacks import FailedEvent, ImageEvent, StageEvent, callback_token, effect_of
 from controller.core.policy import Decision, PolicyConfig, decide, rate_limit, runs_to_start
-from controller.core.runs import LIVE, TERMINAL as TERMINAL_PHASES, Phase, Run, Transition, new_run, overdue, transition
+from controller.core.runs import LIVE, TERMINAL as TERMINAL_PHASES, Phase, Run, Transition, held, new_run, overdue, transition
 from controller.observability import Metrics, Throttle, get_logger
 from controller.ports import (
     Clock,
@@ -267,7 +267,11 @@ class Controller:
             live = await self.store.runs_in(LIVE)
             active = sum(1 for r in live if r.phase.active)
             queued = [r for r in live if r.phase is Phase.QUEUED]  # arrival order from the store
-            start = set(runs_to_start([r.id for r in queued], active, self.policy.max_concurrent))
+            if not queued:
+                return
+            paused = await self.paused_models()
+            waiting = frozenset(r.id for r in queued if held(r, paused))
+            start = set(runs_to_start([r.id for r in queued], active, self.policy.max_concurrent, waiting))
             for run in queued:
                 if run.id in start:
                     await self._move_locked(run, Phase.TRIGGERING, "a concurrency slot freed up")
@@ -569,6 +573,9 @@ class Controller:
         self.log.info("model_operated", model=model, action=action, by=who, reason=why, changed=changed)
         return {"model": model, "action": action, "changed": changed, "paused": control["paused"],
                 "by": control["by"], "since": control["at"], "reason": control["reason"]}  # fmt: skip
+
+    async def paused_models(self) -> set[str]:
+        return {m for m, c in (await self._ops.model_controls()).items() if c.get("paused")}
 
     async def models_status(self) -> list[dict[str, Any]]:
         """model_overview, plus pause, stable image, last outcome and the latest operator actions."""

@@ -175,7 +175,10 @@ def _decide_one(
     return replace(base, kind=Kind.ACCEPTED, run_id=run_id, detail=f"started run {run_id}"), state
 
 
-def runs_to_start(queued_in_arrival_order: list[str], active_runs: int, max_concurrent: int) -> list[str]:
-    """Queued runs that may start now, oldest first."""
+def runs_to_start(
+    queued_in_arrival_order: list[str], active_runs: int, max_concurrent: int, held: frozenset[str] = frozenset()
+) -> list[str]:
+    """Queued runs that may start now, oldest first. `held` runs (their model is paused) wait without taking a
+    slot, so the runs behind them are not blocked."""
     free = max(0, max_concurrent - active_runs)
-    return queued_in_arrival_order[:free]
+    return [run_id for run_id in queued_in_arrival_order if run_id not in held][:free]

@@ -160,6 +160,11 @@ def add_reasons(run: Run, reasons: tuple[str, ...]) -> Run:
     return replace(run, reasons=merged)
 
 
+def held(run: Run, paused_models: frozenset[str] | set[str]) -> bool:
+    """A queued run waits while its model is paused, unless an operator asked for it (theirs to start)."""
+    return run.phase is Phase.QUEUED and run.model in paused_models and run.trigger != "manual"
+
+
 def overdue(run: Run, now: datetime) -> tuple[Phase, str] | None:
     """The move a run must make because it outlived its phase, or None."""
     if run.deadline_at is None or now < run.deadline_at or run.phase.terminal:

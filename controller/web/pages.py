@@ -15,7 +15,7 @@ from aiohttp import web
 
 from controller.core.alerts import format_ts, parse_ts
 from controller.core.durations import format_duration
-from controller.core.runs import Phase, Run
+from controller.core.runs import Phase, Run, held
 from controller.web.common import CTX
 
 PAGE_SIZE = 25
@@ -228,7 +228,9 @@ async def status_page(request: web.Request) -> web.Response:
             a["age"] = age(a["at"], now)
         m["stable_image"] = m.get("stable_image")
     runs = await ctx.store.list_runs_page(PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
-    queue = [run_view(r, now, ctx.settings) for r in live_runs.values() if r.phase is Phase.QUEUED]
+    paused = {m["name"] for m in models if m["paused"]}
+    queue = [{**run_view(r, now, ctx.settings), "held": held(r, paused)}
+             for r in live_runs.values() if r.phase is Phase.QUEUED]  # fmt: skip
     active = sum(1 for r in live_runs.values() if r.phase.active)
     decisions = [alert_view(d, now) for d in await ctx.store.list_decisions(DECISIONS_SHOWN)]
     context = {

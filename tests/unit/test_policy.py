@@ -135,3 +135,16 @@ def test_state_is_not_mutated():
 )
 def test_runs_to_start_in_arrival_order(queued, active, cap, expected):
     assert runs_to_start(queued, active, cap) == expected
+
+
+@pytest.mark.parametrize(
+    "queued,active,cap,held,expected",
+    [
+        (["a", "b", "c"], 0, 1, {"a"}, ["b"]),  # a held run takes no slot and blocks nobody behind it
+        (["a", "b", "c"], 0, 2, {"b"}, ["a", "c"]),
+        (["a", "b"], 0, 5, {"a", "b"}, []),
+        (["a", "b"], 1, 1, {"x"}, []),  # holding a run that is not queued changes nothing
+    ],
+)
+def test_held_runs_wait_without_taking_a_slot(queued, active, cap, held, expected):
+    assert runs_to_start(queued, active, cap, frozenset(held)) == expected

@@ -11,6 +11,7 @@ from controller.core.runs import (
     IllegalTransition,
     Phase,
     add_reasons,
+    held,
     new_run,
     overdue,
     transition,
@@ -96,3 +97,18 @@ def test_terminal_run_is_never_overdue():
 def test_add_reasons_keeps_order_and_no_duplicates():
     run = add_reasons(run_in(P.TRAINING), ("precision_drop", "drift"))
     assert run.reasons == ("drift", "precision_drop")
+
+
+@pytest.mark.parametrize(
+    "phase,trigger,paused,expected",
+    [
+        (P.QUEUED, "alert", {"recsys"}, True),
+        (P.QUEUED, "manual", {"recsys"}, False),  # an operator's run is theirs to start
+        (P.QUEUED, "alert", {"search"}, False),
+        (P.QUEUED, "alert", set(), False),
+        (P.TRAINING, "alert", {"recsys"}, False),  # a pause never stops a run already going
+    ],
+)
+def test_held(phase, trigger, paused, expected):
+    run = run_in(phase)
+    assert held(run.__class__(**{**run.__dict__, "trigger": trigger}), paused) is expected

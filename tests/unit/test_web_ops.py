@@ -220,6 +220,38 @@ async def test_retrain_of_a_paused_model_is_allowed_and_audited(env):
     assert [a["action"] for a in recsys["audit"]] == ["retrain", "pause"]
 
 
+async def test_a_pause_holds_runs_alerts_queued_until_resume_without_blocking_others(env):
+    first = await env.alert()
+    await env.wait_phase(first["run_id"], "training")  # the cap (1) is full from here on
+    held = (await env.alert(name="SearchPrecisionDrop", model="search", fp="s1"))["run_id"]
+    await env.post("/api/v1/models/search/pause", {"by": "erin", "reason": "index rebuild"})
+    assert (await env.run(held))["phase"] == "queued"
+    await env.post(f"/api/v1/runs/{first['run_id']}/abort")
+    await asyncio.sleep(0.3)
+    assert (await env.run(held))["phase"] == "queued"  # the slot is free but search is paused
+    page = await (await env.client.get("/")).text()
+    assert "held: search is paused" in page
+    other = await env.post("/api/v1/models/recsys/retrain")
+    assert other.status == 201  # the held run does not take the free slot
+    other_id = (await other.json())["run_id"]
+    await env.wait_phase(other_id, "training")
+    await env.post(f"/api/v1/runs/{other_id}/abort")
+    await env.post("/api/v1/models/search/resume", {"by": "erin"})
+    await env.wait_phase(held, "training")
+    assert env.runner.triggers() == [first["run_id"], other_id, held]
+
+
+async def test_an_operators_queued_run_of_a_paused_model_still_starts(env):
+    first = await env.alert()
+    await env.wait_phase(first["run_id"], "training")
+    await env.post("/api/v1/models/search/pause")
+    r = await env.post("/api/v1/models/search/retrain", {"reason": "by hand, paused or not"})
+    queued = (await r.json())["run_id"]
+    assert (await r.json())["phase"] == "queued"
+    await env.post(f"/api/v1/runs/{first['run_id']}/abort")
+    await env.wait_phase(queued, "training")
+
+
 # ---- runs --------------------------------------------------------------------------------------------------
 
 

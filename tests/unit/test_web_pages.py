@@ -50,6 +50,7 @@ async def test_status_page_shows_models_runs_queue_and_decisions(aiohttp_client,
     assert "paused by alice" in html and "index rebuild" in html and "last action: retry by operator" in html
     assert f'href="/runs/{decision["run_id"]}"' in html and "training" in html
     assert "1 of 1 concurrent run slots in use; 1 run(s) queued." in html and queued in html
+    assert "held:" not in html  # search is paused, but an operator asked for this run
     assert "RecsysPrecisionAtKDrop" in html and "started run" in html
     assert "registry.example/ml/recsys@sha256:" in html  # search's stable image, from its succeeded run
     assert " UTC" in html and re.search(r"\d+[smhd] ago|just now", html)
