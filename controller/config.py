@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -24,6 +25,10 @@ from controller.core.durations import format_duration, parse_duration
 from controller.core.matchers import parse_matcher
 from controller.core.policy import ModelPolicy, PolicyConfig, Route
 from controller.core.runs import LIVE, Phase
+
+# metric{label="v", other=~"a|b"} or {__name__="m", ...}: a name and/or one brace group, nothing else.
+COUNTER_SELECTOR = re.compile(
+    r'[A-Za-z_:][A-Za-z0-9_:]*\s*(\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\})?|\{(?:[^{}"]|"(?:[^"\\]|\\.)*")+\}')
 
 ENV_PREFIX = "RETRAIN_CONTROLLER_"
 SECRET_NAMES = ("alertmanager_token", "admin_token", "callback_secret", "gitlab_token", "gitlab_webhook_token")
@@ -220,6 +225,15 @@ class AnalysisSettings(_Strict):
     interval: Duration = timedelta(minutes=1)
     max_no_data: int = Field(default=5, ge=0)  # consecutive NO_DATA/ERROR looks; one more rolls back
     guardrails: list[GuardrailSettings] = Field(default_factory=list)
+
+    @field_validator("hits", "trials", "units")
+    @classmethod
+    def _selector(cls, v: str | None) -> str | None:
+        # Read as `selector[5m]` and per series (a sum would hide one pod's reset): an expression cannot be either.
+        if v is not None and not COUNTER_SELECTOR.fullmatch(v.strip()):
+            raise ValueError(f"{v!r} is not a counter selector: a metric name with optional {{label matchers}}, "
+                             "no functions, sums or ranges")  # fmt: skip
+        return v.strip() if v is not None else v
 
 
 class ModelSettings(_Strict):

@@ -20,6 +20,10 @@ from controller.ports import Clock, MetricsSource, QueryResult, Rollout, Rollout
 
 MAX_MEASUREMENTS = 200
 ARMS = ("stable", "canary")
+# Counters are read as range selectors, each series' latest sample in this window: an instant query leaves out a
+# pod whose last scrape failed (Prometheus marks its series stale), and a baseline missing a pod would later count
+# that pod's whole lifetime as the step's traffic. As long as Prometheus's default lookback.
+COUNTER_WINDOW = "5m"
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,9 @@ class CanarySpec:
     units: str | None = None  # requests counter: lets the judge bound the variance of correlated slots
 
     def counters(self) -> dict[str, str]:
-        """Counter selectors by the name the judge's Arm gives them."""
-        named = {"hits": self.hits, "trials": self.trials}
-        return {**named, "units": self.units} if self.units else named
+        """Counter reads (range selectors, see COUNTER_WINDOW) by the name the judge's Arm gives them."""
+        named = {"hits": self.hits, "trials": self.trials, **({"units": self.units} if self.units else {})}
+        return {name: f"{selector}[{COUNTER_WINDOW}]" for name, selector in named.items()}
 
 
 Move = Callable[..., Awaitable[bool]]  # (run, to, cause, **changes) -> moved?

@@ -2,12 +2,14 @@
 
 Outcomes, never an exception for anything Prometheus or the network can do:
   - `value`: an instant vector (one Sample per series, its labels as returned, `__name__` included when the
-    query keeps it) or a scalar (one Sample with no labels). NaN samples are dropped.
+    query keeps it) or a scalar (one Sample with no labels); for a range selector (`metric{...}[5m]`, a matrix)
+    each series' latest sample, which is how counters are read: a range selection skips the stale markers a
+    failed scrape writes, so a pod missed by one scrape still has its value. NaN samples are dropped.
   - `no_data`: an empty vector, or nothing but NaN. Not evidence of anything, and not a failure either.
   - `error`: connection refused or reset, timeout, HTTP 4xx/5xx (with Prometheus's own `errorType: error`, e.g.
     400 bad_data for a query that does not parse, 422 execution, 503 timeout/unavailable or a server that is not
     ready yet), a body that is not JSON, `status` other than "success", or a result type an instant value cannot
-    come from (matrix, string).
+    come from (string).
 Prometheus's `warnings` do not fail a query; they are logged.
 
 One ClientSession, created on first use and closed by `aclose()`. Each query is bounded by `timeout_s` in total
@@ -87,11 +89,23 @@ def parse_answer(http_status: int, body: str) -> tuple[QueryResult, list[str]]:
                     raise ValueError(f"labels are not an object: {labels!r}")
                 _ts, raw = item["value"]
                 samples.append(Sample({str(k): str(v) for k, v in labels.items()}, parse_value(raw)))
+        elif kind == "matrix":
+            if not isinstance(result, list):
+                raise ValueError("matrix result is not a list")
+            samples = []
+            for item in result:
+                labels = item.get("metric", {})
+                values = item["values"]
+                if not isinstance(labels, dict) or not isinstance(values, list):
+                    raise ValueError(f"series is not labels and values: {item!r}")
+                if values:  # Prometheus sends them oldest first
+                    _ts, raw = values[-1]
+                    samples.append(Sample({str(k): str(v) for k, v in labels.items()}, parse_value(raw)))
         elif kind == "scalar":
             _ts, raw = result
             samples = [Sample({}, parse_value(raw))]
         else:
-            return _error(f"result type {kind!r} is not an instant value (use an instant vector or a scalar)"), warnings
+            return _error(f"result type {kind!r} is not an instant value (use an instant vector, a scalar or a range selector)"), warnings
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         return _error(f"HTTP {http_status}: malformed {kind} result: {exc}"), warnings
     samples = [s for s in samples if not math.isnan(s.value)]

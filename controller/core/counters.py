@@ -11,8 +11,8 @@ Per series, between consecutive readings:
     Prometheus's `increase()`/`resets()`; what happened between the last reading and the reset is lost;
   - first seen after the baseline: a new pod whose counter started at 0 during the step, so its whole value
     counts. ASSUMPTION: a series absent from the baseline started after it. A series that existed but was missed
-    by the baseline (a failed scrape, a pod briefly out of the query) is over-counted by its value at the start;
-    take the baseline only from a complete reading;
+    by the baseline would be over-counted by its value at the start, so readings come from range selectors
+    (rollouts.COUNTER_WINDOW), which keep a pod whose last scrape failed;
   - absent from a reading: a pod that went away contributes nothing more (its earlier increase stays counted). If
     it comes back it continues from its last good value (with the reset rule), not from 0;
   - garbage (NaN, infinite or negative): the series is flagged in this reading and contributes nothing; its last

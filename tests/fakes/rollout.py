@@ -64,6 +64,7 @@ class CounterSource:
         self.values: dict[tuple[str, str, str], float] = {}
         self.scalars: dict[str, float | None] = {}
         self.down = False
+        self.stale: set[str] = set()  # pods whose last scrape failed: left out of instant queries, as in Prometheus
         self.queries: list[str] = []
 
     def add(self, metric: str, track: str, amount: float, pod: str = "p0") -> None:
@@ -84,8 +85,11 @@ class CounterSource:
             v = self.scalars[promql]
             return QueryResult("no_data") if v is None else QueryResult("value", (Sample({}, v),))
         name = promql.split("{")[0]
+        ranged = promql.endswith("]")  # a range selector still has a stale pod's last sample
         samples = tuple(
-            Sample({"__name__": m, "track": t, "pod": p}, v) for (m, t, p), v in self.values.items() if m == name
+            Sample({"__name__": m, "track": t, "pod": p}, v)
+            for (m, t, p), v in self.values.items()
+            if m == name and (ranged or p not in self.stale)
         )
         return QueryResult("value", samples) if samples else QueryResult("no_data")
 

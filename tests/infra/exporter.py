@@ -56,12 +56,16 @@ class CounterExporter:
         self._help: dict[str, str] = dict(HELP)
         self._types: dict[str, str] = {}  # name -> exposition TYPE; counter unless set
         self._scrapes = 0
+        self.failing = False
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
+                    return
+                if exporter.failing:  # a failed scrape: Prometheus marks every series of this target stale
+                    self.send_error(503)
                     return
                 body = exporter.render(count=True).encode()
                 self.send_response(200)

@@ -157,6 +157,28 @@ async def test_stopped_prometheus_is_an_error_not_no_data(tmp_path: Path) -> Non
         prometheus.stop()
 
 
+async def test_a_failed_scrape_hides_a_series_from_an_instant_query_but_not_from_a_range_read(
+    source: PrometheusSource, counters: CounterExporter
+) -> None:
+    """Why the canary reads counters as `selector[5m]`: after one failed scrape the instant query has no series."""
+    counters.set(SERVED, pod("stable", "missed-1"), 1234)
+    await settle(counters)
+    selector = 'recsys_slots_served_total{model="recsys",pod="missed-1"}'
+    assert by(await source.query(selector), "pod") == {"missed-1": 1234.0}
+    counters.failing = True
+    try:
+        deadline = time.monotonic() + SETTLE_S
+        while (instant := await source.query(selector)).outcome == "value":
+            assert time.monotonic() < deadline, "the series never went stale"
+            await asyncio.sleep(0.2)
+        assert instant == QueryResult("no_data")
+        ranged = await source.query(selector + "[5m]")
+        assert by(ranged, "pod") == {"missed-1": 1234.0}
+        assert ranged.samples[0].labels["__name__"] == SERVED
+    finally:
+        counters.failing = False
+
+
 async def test_counter_reset_gives_the_true_increase(source: PrometheusSource, counters: CounterExporter) -> None:
     """Per-pod raw readings at each look, summed up by core.counters; compared with Prometheus's increase().
 

@@ -124,3 +124,28 @@ def test_no_config_at_all():
     with pytest.raises(ConfigError) as err:
         load_settings(None, {})
     assert "--config" in err.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    "selector,ok",
+    [
+        ('recsys_slot_hits_total{namespace="recsys"}', True),
+        ("recsys_slot_hits_total", True),
+        ('recsys_slot_hits_total{model=~"a|b",track!="x"}', True),
+        ('{__name__="recsys_slot_hits_total",model="recsys"}', True),
+        ('m{label="a } b"}', True),  # braces inside a quoted value
+        ('sum by (pod, track) (recsys_slot_hits_total{model="recsys"})', False),
+        ('recsys_slot_hits_total{model="recsys"}[5m]', False),
+        ('rate(recsys_slot_hits_total[5m])', False),
+        ('recsys_slot_hits_total{model="recsys"} * 2', False),
+        ("", False),
+    ],
+)
+def test_counters_must_be_plain_selectors(selector, ok):
+    from controller.config import AnalysisSettings
+
+    if ok:
+        AnalysisSettings(hits=selector, trials="t_total")
+    else:
+        with pytest.raises(ValueError, match="not a counter selector"):
+            AnalysisSettings(hits=selector, trials="t_total")

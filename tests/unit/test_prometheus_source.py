@@ -82,7 +82,14 @@ ANSWERS: dict[str, Answer] = {
     "not_json": Answer(200, "up 1\n", "text/plain"),
     "json_list": Answer(200, [1, 2]),
     "status_error": Answer(200, {"status": "error", "errorType": "internal", "error": "odd"}),
-    "matrix": Answer(body={"status": "success", "data": {"resultType": "matrix", "result": []}}),
+    "matrix_empty": Answer(body={"status": "success", "data": {"resultType": "matrix", "result": []}}),
+    "matrix": Answer(body={"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {"__name__": HITS, "pod": "s-1"}, "values": [[TS, "10"], [TS + 15, "12"], [TS + 30, "19"]]},
+        {"metric": {"__name__": HITS, "pod": "s-2"}, "values": [[TS, "4"]]},
+        {"metric": {"__name__": HITS, "pod": "s-3"}, "values": []},
+        {"metric": {"__name__": HITS, "pod": "s-4"}, "values": [[TS, "3"], [TS + 15, "NaN"]]},
+    ]}}),
+    "matrix_bad": Answer(body={"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {}}]}}),
     "string": Answer(body={"status": "success", "data": {"resultType": "string", "result": [TS, "str"]}}),
     "malformed": Answer(body={"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}}),
     "bad_value": Answer(body=vector(({"a": "1"}, "lots"))),
@@ -219,7 +226,7 @@ async def test_prometheus_errors_carry_its_message(source: PrometheusSource, que
         ("proxy", ["HTTP 502", "not JSON", "502 Bad Gateway"]),
         ("not_json", ["HTTP 200", "not JSON", "up 1"]),
         ("json_list", ["HTTP 200", "unexpected answer"]),
-        ("matrix", ["'matrix'", "not an instant value"]),
+        ("matrix_bad", ["malformed matrix"]),
         ("string", ["'string'", "not an instant value"]),
         ("malformed", ["malformed vector"]),
         ("bad_value", ["malformed vector", "lots"]),
@@ -230,6 +237,14 @@ async def test_garbled_answers_are_errors(source: PrometheusSource, query: str, 
     assert r.outcome == "error" and r.samples == ()
     for f in fragments:
         assert f in r.error
+
+
+async def test_a_range_selector_gives_each_series_latest_sample(source: PrometheusSource) -> None:
+    r = await source.query("matrix")
+    assert r.outcome == "value"
+    assert {s.labels["pod"]: s.value for s in r.samples} == {"s-1": 19.0, "s-2": 4.0}  # s-4's latest is NaN
+    assert all(s.labels["__name__"] == HITS for s in r.samples)  # a range selector keeps the metric name
+    assert await source.query("matrix_empty") == QueryResult("no_data")
 
 
 @pytest.mark.parametrize("query", ["slow", "slow_body"])

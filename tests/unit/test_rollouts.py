@@ -308,3 +308,20 @@ async def test_before_any_run_the_stable_image_comes_from_the_cluster_cached_and
     assert recsys["stable_image"] is None  # the page says "unknown" rather than guess
     others = [m for m in await world.controller.models_status() if m["name"] != "recsys"]
     assert others and all(m["stable_image"] is None for m in others)  # no rollout for them
+
+
+async def test_a_pod_missed_by_one_scrape_at_the_baseline_does_not_add_its_lifetime_to_the_step(world):
+    # A stable pod that has served for days at a higher precision than today's; its scrape fails just as the
+    # canary becomes ready. Counted from 0, its 2M lifetime slots would swamp the step and roll back a fine canary.
+    world.source.add("hits_total", "stable", 140_000, pod="p9")
+    world.source.add("trials_total", "stable", 2_000_000, pod="p9")
+    run_id = await world.deploying_run()
+    world.source.stale.add("p9")
+    await world.controller.tick()  # canary ready: the baseline is read now
+    assert (await world.run(run_id)).phase is Phase.ANALYZING
+    world.source.stale.clear()
+    phases = await world.until_end(run_id, *EQUAL)
+    assert phases[-1] is Phase.SUCCEEDED, (await world.run(run_id)).extra.get("measurements", [])[-1:]
+    for q in world.source.queries:
+        if q.startswith(("hits_total", "trials_total")):
+            assert q.endswith("[5m]")  # counters are read as range selectors
