@@ -16,7 +16,7 @@ from controller.core.durations import format_duration
 from controller.core.judge import Arm, Direction, Guardrail, JudgeConfig, Observation, Source, Verdict, judge
 from controller.core.runs import Phase, Run
 from controller.observability import Metrics, get_logger
-from controller.ports import Clock, MetricsSource, QueryResult, Rollout, RolloutError, RolloutStatus
+from controller.ports import Clock, DeploymentStatus, MetricsSource, QueryResult, Rollout, RolloutError, RolloutStatus
 
 MAX_MEASUREMENTS = 200
 ARMS = ("stable", "canary")
@@ -74,6 +74,8 @@ class Canary:
     # ---- phases ---------------------------------------------------------------------------------------------
 
     async def step(self, run: Run) -> None:
+        if run.extra.get("paused") and run.phase in (Phase.DEPLOYING, Phase.ANALYZING):
+            return  # the canary holds its weight: no scaling, no look, no timeout
         try:
             if run.phase is Phase.DEPLOYING:
                 await self._deploying(run)
@@ -114,15 +116,20 @@ class Canary:
         """Scale the canary to the current step and wait until it is ready; then judge."""
         assert run.image is not None
         weight = self.spec.plan.steps[state["step"]].weight
-        want = canary_replicas(weight, self.spec.plan.total_replicas)
+        want = self._replicas(state)
         self.metrics.canary_weight.labels(model=self.model).set(weight)
         await self.rollout.set_canary(run.image, want)  # idempotent: the same spec again changes nothing
         status = await self.rollout.status()
         c = status.canary
         if c.image == run.image and c.replicas == want and c.settled:
-            reading = await self._read_counters()
+            reading, why = await self._read_counters()
             if reading is None:
-                return  # no baseline yet: try again next tick (bounded by the phase deadline)
+                # No baseline yet: try again next tick, for as long as a canary may take to become ready.
+                waited = now - _at(state["stage_since"])
+                if waited >= self.spec.ready_timeout:
+                    await self.move(run, Phase.ROLLING_BACK, f"no counters for a baseline after "
+                                    f"{format_duration(self.spec.ready_timeout)} with the canary ready: {why}")
+                return
             # Each step is judged on its own counts (increases since these raw values), with the evidence of the
             # steps before carried in: pooling counts across a change of split is biased when precision drifts.
             tallies = {m: {arm: start(reading[m][arm]).as_dict() for arm in ARMS} for m in reading}
@@ -146,6 +153,9 @@ class Canary:
                    f" {c.updated_replicas} updated, image {c.image}")  # fmt: skip
             await self.move(run, Phase.ROLLING_BACK, why)
 
+    def _replicas(self, state: Mapping[str, Any]) -> int:
+        return canary_replicas(self.spec.plan.steps[state["step"]].weight, self.spec.plan.total_replicas)
+
     async def _analyzing(self, run: Run) -> None:
         state = _state(run)
         now = self.clock.now()
@@ -157,7 +167,10 @@ class Canary:
         last_look = _at(state["last_look_at"]).timestamp() if state["last_look_at"] else None
         if not due(last_look, now.timestamp(), self.spec.plan.interval):
             return
-        verdict, state, measurement = await self._look(state, now)
+        # A canary that lost pods or its image since the baseline is not judged on what is left: the look counts
+        # as an error (max_no_data of them in a row roll back), like a Prometheus that cannot answer.
+        sick = _unhealthy((await self.rollout.status()).canary, run.image, self._replicas(state))
+        verdict, state, measurement = await self._look(state, now, sick)
         self.metrics.verdicts.labels(model=self.model, verdict=verdict.outcome.value).inc()
         step_elapsed = now - _at(state["step_started_at"])
         step_trials = state["totals"]["canary"]["trials"]
@@ -206,13 +219,16 @@ class Canary:
 
     # ---- looking --------------------------------------------------------------------------------------------
 
-    async def _read_counters(self) -> dict[str, dict[str, float]] | None:
+    async def _read_counters(self) -> tuple[dict[str, dict[str, float]] | None, str]:
         results = {m: await self.source.query(q) for m, q in self.spec.counters().items()}
-        if any(r.outcome != "value" for r in results.values()):
-            return None
-        return {m: _by_arm(r, self.spec.track_label) for m, r in results.items()}
+        for name, r in results.items():
+            if r.outcome != "value":
+                return None, f"{name}: {r.error or 'no series'}"
+        return {m: _by_arm(r, self.spec.track_label) for m, r in results.items()}, ""
 
-    async def _look(self, state: dict[str, Any], now: datetime) -> tuple[Verdict, dict[str, Any], dict[str, Any]]:
+    async def _look(
+        self, state: dict[str, Any], now: datetime, sick: str = ""
+    ) -> tuple[Verdict, dict[str, Any], dict[str, Any]]:
         results = {m: await self.source.query(q) for m, q in self.spec.counters().items()}
         guardrails = []
         for g in self.spec.guardrails:
@@ -222,7 +238,9 @@ class Canary:
         elapsed = now - _at(state["step_started_at"])
         bad = [r for r in results.values() if r.outcome != "value"]
         totals = state["totals"]
-        if bad:
+        if sick:  # the counts stay unread: the next healthy look adds them up from the last reading
+            obs = Observation(None, None, elapsed, tuple(guardrails), Source.UNFIT, sick)
+        elif bad:
             worst = min(bad, key=lambda r: r.outcome != "error")  # an error outranks no data
             source = Source.ERROR if worst.outcome == "error" else Source.NO_DATA
             obs = Observation(None, None, elapsed, tuple(guardrails), source, worst.error or "no series")
@@ -255,6 +273,22 @@ class Canary:
         if state.get("analysis_started_at"):
             seconds = (now - _at(state["analysis_started_at"])).total_seconds()
             self.metrics.analysis_duration.labels(model=self.model, outcome=outcome).observe(seconds)
+
+
+def _unhealthy(canary: DeploymentStatus, image: str | None, replicas: int) -> str:
+    """Why the canary is not fit to be judged right now; "" when it is."""
+    if canary.image != image:
+        return f"canary unhealthy: it runs {canary.image}, not {image}"
+    if canary.replicas != replicas or canary.ready_replicas < replicas:
+        return f"canary unhealthy: {canary.ready_replicas}/{replicas} pod(s) ready"
+    return ""
+
+
+def shift_wait(state: dict[str, Any], by: timedelta) -> dict[str, Any]:
+    """The canary state after a pause of `by`: the wait for a ready canary does not count the pause."""
+    if not state.get("stage_since"):
+        return state
+    return {**state, "stage_since": _iso(_at(state["stage_since"]) + by)}
 
 
 def _by_arm(result: QueryResult, track_label: str) -> dict[str, dict[str, float]]:

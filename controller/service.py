@@ -28,7 +28,7 @@ from controller.ports import (
     Store,
     StoreUnavailable,
 )
-from controller.rollouts import Canary, CanarySpec
+from controller.rollouts import Canary, CanarySpec, shift_wait
 
 LIVE_STABLE_TTL = timedelta(seconds=30)  # a cluster read of the stable image is shown this long
 LIVE_STABLE_TIMEOUT = 2.0  # a status page waits no longer than this for the cluster
@@ -244,9 +244,9 @@ class Controller:
         late = None if paused else overdue(run, now)  # a paused canary waits for its operator, not the clock
         if late is not None:
             to, cause = late
-            if run.pipeline_id and run.phase in (Phase.TRIGGERING, Phase.TRAINING):
+            # Ended first, then the pipeline (or the one a create in doubt made) is canceled: nobody follows it.
+            if await self._move(run, to, cause) and run.phase in (Phase.TRIGGERING, Phase.TRAINING):
                 await self._cancel_pipeline(run)
-            await self._move(run, to, cause)
             return
         if run.phase is Phase.TRIGGERING:
             await self._trigger(run)
@@ -318,7 +318,12 @@ class Controller:
                 self.log.warning("pipeline_trigger_retry", run_id=run.id, model=run.model, error=str(exc))
             return
         cause = f"{how}: {ref.id}"
-        await self._move(run, Phase.TRAINING, cause, pipeline_id=ref.id, pipeline_url=ref.web_url)
+        if not await self._move(run, Phase.TRAINING, cause, pipeline_id=ref.id, pipeline_url=ref.web_url):
+            fresh = await self.store.get_run(run.id)
+            if fresh is not None and fresh.phase.terminal:  # aborted or overdue while the create was in flight
+                self.log.warning("pipeline_orphaned", run_id=run.id, model=run.model, pipeline_id=ref.id,
+                                 detail=f"the run is {fresh.phase}; canceling the pipeline it no longer follows")
+                await self._cancel_pipeline(replace(fresh, pipeline_id=ref.id, pipeline_url=ref.web_url))
 
     async def _follow(self, run: Run) -> None:
         if run.image:  # the callback already told us; no need to ask the pipeline
@@ -349,11 +354,19 @@ class Controller:
         await self._move(run, Phase.FAILED, f"pipeline {status.state}{detail}")
 
     async def _cancel_pipeline(self, run: Run) -> None:
+        """Cancel the run's pipeline; with none on record but a create attempted, the one that create made."""
         runner = self.runners.get(run.model)
-        if runner is None or run.pipeline_id is None:
+        if runner is None:
             return
         try:
-            await runner.cancel(PipelineRef(run.pipeline_id, run.pipeline_url))
+            if run.pipeline_id is not None:
+                ref: PipelineRef | None = PipelineRef(run.pipeline_id, run.pipeline_url)
+            elif run.extra.get("trigger_attempts"):
+                ref = await runner.find(await self._request(run))
+            else:
+                ref = None
+            if ref is not None:
+                await runner.cancel(ref)
         except PipelineError as exc:
             self.log.warning("pipeline_cancel_failed", run_id=run.id, model=run.model, error=str(exc))
 
@@ -398,6 +411,7 @@ class Controller:
 
     async def operate(self, run_id: str, action: str, who: str = "operator") -> dict[str, Any]:
         """pause / resume / abort / promote a run. Idempotent where it can be: pausing a paused run is a no-op."""
+        to_cancel: Run | None = None
         async with self._lock:
             run = await self.store.get_run(run_id)
             if run is None:
@@ -419,16 +433,20 @@ class Controller:
                     since = datetime.fromisoformat(str(run.extra["paused_at"]))
                     # The pause does not count against the phase's deadline.
                     deadline = run.deadline_at + (now - since) if run.deadline_at else None
-                    resumed = replace(_with_changes(run, {"paused": False, "paused_at": None}), deadline_at=deadline)
+                    changes: dict[str, Any] = {"paused": False, "paused_at": None}
+                    if isinstance(run.extra.get("canary"), dict):  # nor against the wait for a ready canary
+                        changes["canary"] = shift_wait(cast(dict[str, Any], run.extra["canary"]), now - since)
+                    resumed = replace(_with_changes(run, changes), deadline_at=deadline)
                     await self.store.update_run(resumed)
                     detail = f"resumed by {who}"
             elif action == "abort":
                 if canary_live:
                     await self._move_locked(run, Phase.ROLLING_BACK, f"aborted by {who}")
                 elif run.phase in (Phase.QUEUED, Phase.TRIGGERING, Phase.TRAINING):
-                    if run.pipeline_id:
-                        await self._cancel_pipeline(run)
-                    await self._move_locked(run, Phase.CANCELED, f"aborted by {who}")
+                    # Canceled first, the pipeline after the lock: a slow GitLab must not hold up every webhook
+                    # and callback meanwhile. Its callbacks are refused from here on (the run is finished).
+                    if await self._move_locked(run, Phase.CANCELED, f"aborted by {who}"):
+                        to_cancel = run
                 else:
                     raise Conflict(f"run is {run.phase}: it is already finishing")
                 detail = f"aborted by {who}"
@@ -440,6 +458,8 @@ class Controller:
                 detail = f"promoted by {who}"
             else:
                 raise ValueError(f"unknown action {action!r}")
+        if to_cancel is not None:
+            await self._cancel_pipeline(to_cancel)
         self.log.info("run_operated", run_id=run_id, model=run.model, action=action, detail=detail)
         self.wake.set()
         current = await self.store.get_run(run_id)

@@ -53,6 +53,7 @@ class Source(StrEnum):
     OK = "ok"
     NO_DATA = "no_data"  # the queries answered with no series
     ERROR = "error"  # the source was unreachable or answered with an error
+    UNFIT = "unfit"  # the canary itself is not fit to be judged now (pods not ready, another image)
 
 
 class Direction(StrEnum):
@@ -193,6 +194,8 @@ def judge(obs: Observation, config: JudgeConfig) -> Verdict:
     FAIL on evidence, guardrail without data, PASS (only past the minimums), else INCONCLUSIVE."""
     if obs.source is Source.ERROR:
         return Verdict(Outcome.ERROR, f"metrics source failed: {obs.detail or 'no detail'}")
+    if obs.source is Source.UNFIT:
+        return Verdict(Outcome.ERROR, obs.detail or "the canary is not fit to be judged")
     for g in obs.guardrails:
         if not _has_value(g.threshold):
             return Verdict(Outcome.ERROR, f"guardrail {g.name} has no usable threshold ({g.threshold!r})")

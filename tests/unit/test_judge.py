@@ -245,3 +245,9 @@ def test_steps_are_judged_on_their_own_counts_and_the_evidence_carried():
     assert second.outcome is O.FAIL and "carried" in second.reason
     assert second.statistic == pytest.approx(first.statistic + evidence(*step2, CONFIG).statistic, abs=1e-3)
     assert judge(obs(carried_statistic=math.nan), CONFIG).outcome is O.ERROR
+
+
+def test_an_unfit_canary_is_an_error_with_its_own_reason():
+    obs = Observation(None, None, timedelta(minutes=5), (), Source.UNFIT, "canary unhealthy: 0/2 pod(s) ready")
+    v = judge(obs, JudgeConfig())
+    assert v.outcome is Outcome.ERROR and v.reason == "canary unhealthy: 0/2 pod(s) ready"

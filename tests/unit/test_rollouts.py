@@ -325,3 +325,53 @@ async def test_a_pod_missed_by_one_scrape_at_the_baseline_does_not_add_its_lifet
     for q in world.source.queries:
         if q.startswith(("hits_total", "trials_total")):
             assert q.endswith("[5m]")  # counters are read as range selectors
+
+
+async def test_the_wait_for_a_baseline_is_bounded_by_the_ready_timeout(world):
+    run_id = await world.deploying_run()
+    world.source.down = True  # the canary is ready, but Prometheus cannot give a baseline
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.DEPLOYING
+    world.clock.advance(minutes=9)
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.DEPLOYING
+    world.clock.advance(minutes=1, seconds=1)
+    await world.controller.tick()
+    run = await world.run(run_id)
+    assert run.phase is Phase.ROLLING_BACK
+    assert "no counters for a baseline after 10m" in run.cause and "unreachable" in run.cause
+
+
+async def test_a_paused_deploying_canary_holds_and_the_pause_does_not_count_against_its_ready_timeout(world):
+    world.rollout.auto_ready = False
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    assert world.rollout.canary.replicas == 1
+    world.clock.advance(minutes=5)
+    await world.controller.operate(run_id, "pause", "oncall")
+    world.clock.advance(minutes=30)
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.DEPLOYING  # no ready timeout while paused
+    await world.controller.operate(run_id, "resume", "oncall")
+    world.clock.advance(minutes=4)  # 5 + 4 minutes of waiting, under the 10-minute ready timeout
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.DEPLOYING
+    world.rollout.make_ready()
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.ANALYZING
+
+
+async def test_a_canary_that_loses_its_pods_while_judged_is_rolled_back_and_one_bad_moment_is_not(world):
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    await world.minute(*EQUAL)
+    world.rollout.canary.ready = 0  # crashlooping: its series go stale, the tallies would freeze
+    await world.minute(*EQUAL)
+    world.rollout.canary.ready = 1  # back after one look
+    run = await world.run(run_id)
+    assert run.phase is Phase.ANALYZING
+    assert run.extra["measurements"][-1]["reason"] == "canary unhealthy: 0/1 pod(s) ready"
+    world.rollout.canary.ready = 0
+    phases = await world.until_end(run_id, *EQUAL)
+    assert phases[-1] is Phase.ROLLED_BACK
+    assert (await world.run(run_id)).extra["verdict"]["reason"] == "canary unhealthy: 0/1 pod(s) ready"

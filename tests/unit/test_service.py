@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -303,3 +304,66 @@ async def test_a_slow_pipeline_call_holds_up_only_its_own_run(tmp_path):
     assert (await w.run(a.run_id)).phase is Phase.TRAINING
     await w.controller.aclose()
     await w.stop()
+
+
+class GatedRunner(ScriptedRunner):
+    """trigger and cancel wait for the test to open their gate, as a slow GitLab would make them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trigger_gate, self.cancel_gate = asyncio.Event(), asyncio.Event()
+        self.in_trigger, self.in_cancel = asyncio.Event(), asyncio.Event()
+
+    async def trigger(self, request):
+        self.in_trigger.set()
+        await self.trigger_gate.wait()
+        return await super().trigger(request)
+
+    async def cancel(self, ref):
+        self.in_cancel.set()
+        await self.cancel_gate.wait()
+        await super().cancel(ref)
+
+
+async def test_a_pipeline_created_after_an_abort_is_canceled_not_left_training(world):
+    world.runner = runner = GatedRunner()
+    await world.restart()
+    runner.cancel_gate.set()
+    [d] = await world.send(am_alert())
+    tick = asyncio.create_task(world.controller.tick())
+    await asyncio.wait_for(runner.in_trigger.wait(), 5)
+    await world.controller.operate(d.run_id, "abort", "oncall")  # while GitLab is still creating it
+    runner.trigger_gate.set()
+    await asyncio.wait_for(tick, 5)
+    assert (await world.run(d.run_id)).phase is Phase.CANCELED
+    assert ("cancel", "p-1") in runner.calls
+
+
+async def test_a_slow_cancel_does_not_hold_up_alerts_and_callbacks(world):
+    world.runner = runner = GatedRunner()
+    await world.restart()
+    runner.trigger_gate.set()
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    abort = asyncio.create_task(world.controller.operate(d.run_id, "abort", "oncall"))
+    await asyncio.wait_for(runner.in_cancel.wait(), 5)
+    assert (await world.run(d.run_id)).phase is Phase.CANCELED  # recorded before GitLab answers
+    [other] = await asyncio.wait_for(world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1")), 2)
+    assert other.run_id is not None
+    runner.cancel_gate.set()
+    await asyncio.wait_for(abort, 5)
+    assert ("cancel", "p-1") in runner.calls
+
+
+async def test_a_run_ending_with_a_create_in_doubt_cancels_the_pipeline_that_create_made(world):
+    world.runner.trigger_errors.append(PipelineError("timeout after sending the create"))
+    [d] = await world.send(am_alert())
+    await world.controller.tick()
+    assert (await world.run(d.run_id)).phase is Phase.TRIGGERING
+    # GitLab committed the create after all; the run times out before it is found.
+    world.runner.pipelines[d.run_id] = PipelineRef("p-late", "https://gitlab.test/p/late")
+    world.runner.states["p-late"] = PipelineStatus("running")
+    world.clock.advance(hours=24)
+    await world.controller.tick()
+    assert (await world.run(d.run_id)).phase is Phase.FAILED
+    assert ("cancel", "p-late") in world.runner.calls
