@@ -32,8 +32,12 @@ class NotificationRecord:
 
 class IntakeStore(Protocol):
     async def policy_state(
-        self, episodes: list[str], models: list[str], now: datetime, window_start: datetime, dry_run: bool
-    ) -> PolicyState: ...
+        self, episodes: list[str], models: list[str], now: datetime, window_start: datetime, dry_run: bool,
+        recent_limit: Mapping[str, int] | None = None,
+    ) -> PolicyState:
+        """`recent_limit`: read at most this many of a model's newest starts in the window (its daily budget is
+        all the rate limit needs); None reads them all."""
+        ...
 
     async def record_notification(
         self,
@@ -190,5 +194,5 @@ class Rollout(Protocol):
         ...
 
     async def promote(self, image: str) -> None:
-        """Stable runs `image`; the canary goes to 0."""
+        """Stable runs `image`. The canary is left as it is: the controller scales it to 0 once stable is ready."""
         ...

@@ -198,24 +198,46 @@ class Canary:
             await self.record(run, changes)
 
     async def _promoting(self, run: Run) -> None:
+        """Stable first; the canary's pods go only once stable runs the image on every pod (a canary that passed
+        does not prove that stable's pods come up with its image). Stable never ready: it gets its image back."""
         assert run.image is not None
-        await self.rollout.promote(run.image)
         status = await self.rollout.status()
+        if not _stable_on(status, run.image):
+            s, previous = status.stable, run.extra.get("previous_image")
+            waited = self.clock.now() - run.phase_entered_at
+            if s.image == run.image and previous and waited >= self.spec.ready_timeout:
+                why = (f"stable not ready on {run.image} after {format_duration(self.spec.ready_timeout)}: "
+                       f"{s.ready_replicas}/{s.replicas} ready, {s.updated_replicas} updated; restoring {previous}")
+                await self.move(run, Phase.ROLLING_BACK, why, extra={"restore_stable": previous})
+                return
+            await self.rollout.promote(run.image)  # idempotent: the same image again changes nothing
+            status = await self.rollout.status()
+            if not _stable_on(status, run.image):
+                return
+        if status.canary.replicas != 0:
+            await self.rollout.set_canary(status.canary.image or run.image, 0)
+            status = await self.rollout.status()
         if _promoted(status, run.image):
             self.metrics.canary_weight.labels(model=self.model).set(0)
             self.metrics.promotions.labels(model=self.model).inc()
             await self.move(run, Phase.SUCCEEDED, f"stable runs {run.image} on {status.stable.ready_replicas} pod(s)")
 
     async def _rolling_back(self, run: Run) -> None:
+        restore = run.extra.get("restore_stable")  # set when a promotion's stable never became ready
         status = await self.rollout.status()
+        if isinstance(restore, str) and status.stable.image != restore:
+            await self.rollout.promote(restore)
+            status = await self.rollout.status()
         image = status.canary.image or run.image
         if status.canary.replicas != 0 and image:  # keep the canary's image: only its pods go
             await self.rollout.set_canary(image, 0)
             status = await self.rollout.status()
-        if status.canary.replicas == 0 and status.canary.settled:
+        stable_back = not restore or (status.stable.image == restore and status.stable.settled)
+        if status.canary.replicas == 0 and status.canary.settled and stable_back:
             self.metrics.canary_weight.labels(model=self.model).set(0)
             self.metrics.rollbacks.labels(model=self.model).inc()
-            await self.move(run, Phase.ROLLED_BACK, f"canary scaled to 0; stable still runs {status.stable.image}")
+            how = "restored to" if restore else "still runs"
+            await self.move(run, Phase.ROLLED_BACK, f"canary scaled to 0; stable {how} {status.stable.image}")
 
     # ---- looking --------------------------------------------------------------------------------------------
 
@@ -299,6 +321,11 @@ def _by_arm(result: QueryResult, track_label: str) -> dict[str, dict[str, float]
         if arm in out:
             out[arm][series_key(s.labels)] = s.value
     return out
+
+
+def _stable_on(status: RolloutStatus, image: str) -> bool:
+    s = status.stable
+    return s.image == image and s.settled and s.ready_replicas == s.replicas
 
 
 def _promoted(status: RolloutStatus, image: str) -> bool:

@@ -144,6 +144,7 @@ class Controller:
                 now=now,
                 window_start=now - self.policy.budget_window,
                 dry_run=self.dry_run,
+                recent_limit={m.name: m.daily_budget for m in self.policy.models},
             )
             decisions, _ = decide(alerts, state, now, self.policy, _ids(self.new_id))
             new_runs = self._runs_for(decisions, alerts, now)
@@ -562,7 +563,7 @@ class Controller:
             now = self.clock.now()
             state = await self.store.policy_state(
                 episodes=[], models=[model], now=now, window_start=now - self.policy.budget_window,
-                dry_run=self.dry_run,
+                dry_run=self.dry_run, recent_limit={m.name: m.daily_budget for m in self.policy.models},
             )  # fmt: skip
             live = state.models[model].live_run
             if live is not None:

@@ -280,11 +280,7 @@ class KubeRollout:
         await self._retrying(lambda: self._converge(self.canary, image=image, replicas=replicas))
 
     async def promote(self, image: str) -> None:
-        async def attempt() -> None:
-            await self._converge(self.stable, image=image)  # first: stable serves the new image ...
-            await self._converge(self.canary, replicas=0)  # ... then the canary's pods can go
-
-        await self._retrying(attempt)
+        await self._retrying(lambda: self._converge(self.stable, image=image))
 
     # ---- read, compare, patch -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from controller.core.alerts import Alert, format_ts
 from controller.core.policy import Decision, Kind, ModelState, PolicyState
@@ -258,12 +258,14 @@ class SqliteStore:
     # ---- intake ---------------------------------------------------------------------------------------------
 
     async def policy_state(
-        self, episodes: list[str], models: list[str], now: datetime, window_start: datetime, dry_run: bool
+        self, episodes: list[str], models: list[str], now: datetime, window_start: datetime, dry_run: bool,
+        recent_limit: Mapping[str, int] | None = None,
     ) -> PolicyState:
-        return await self._call(self._policy_state, episodes, models, window_start, dry_run)
+        return await self._call(self._policy_state, episodes, models, window_start, dry_run, recent_limit or {})
 
     def _policy_state(
-        self, episodes: list[str], models: list[str], window_start: datetime, dry_run: bool
+        self, episodes: list[str], models: list[str], window_start: datetime, dry_run: bool,
+        recent_limit: Mapping[str, int],
     ) -> PolicyState:
         db = self._db
         assert db is not None
@@ -282,9 +284,11 @@ class SqliteStore:
             ended = db.execute(
                 "SELECT MAX(ended_at) FROM runs WHERE model = ? AND dry_run = ?", (model, int(dry_run))
             ).fetchone()[0]
+            # Newest first, only as many as the budget: a decision's cost must not grow with the day's runs.
             starts = db.execute(
-                "SELECT created_at FROM runs WHERE model = ? AND dry_run = ? AND created_at > ?",
-                (model, int(dry_run), _ts(window_start)),
+                "SELECT created_at FROM runs WHERE model = ? AND dry_run = ? AND created_at > ?"
+                " ORDER BY created_at DESC LIMIT ?",
+                (model, int(dry_run), _ts(window_start), recent_limit.get(model, -1)),
             ).fetchall()
             states[model] = ModelState(
                 live_run=live[0] if live else None,

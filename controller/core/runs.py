@@ -46,7 +46,7 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
     Phase.TRAINING: frozenset({Phase.DEPLOYING, Phase.FAILED, Phase.CANCELED}),
     Phase.DEPLOYING: frozenset({Phase.ANALYZING, Phase.ROLLING_BACK}),
     Phase.ANALYZING: frozenset({Phase.PROMOTING, Phase.ROLLING_BACK}),
-    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.FAILED}),
+    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLING_BACK, Phase.FAILED}),  # back: stable never ready
     Phase.ROLLING_BACK: frozenset({Phase.ROLLED_BACK, Phase.FAILED}),
     Phase.SUCCEEDED: frozenset(),
     Phase.FAILED: frozenset(),

@@ -124,7 +124,6 @@ class LocalRollout:
         self.service.set_model("stable", model)
         self.stable_image = image
         self._write_production(image)
-        await self.set_canary(image, 0)
 
     def _deployment(self, track: str, image: str | None, replicas: int) -> DeploymentStatus:
         settled = self._monotonic() - self._changed[track] >= self.settle_s

@@ -54,7 +54,6 @@ class FakeRollout:
         self._fail()
         self.calls.append(("promote", image))
         self._set(self.stable, image, self.stable.replicas)
-        self._set(self.canary, self.canary.image, 0)
 
 
 class CounterSource:

@@ -195,6 +195,8 @@ async def test_rollout_canary_then_promote(tmp_path, trained):
     await rollout.set_canary(image, 2)
     await rollout.promote(image)
     await rollout.promote(image)  # idempotent
+    assert (await rollout.status()).canary.replicas == 2  # the canary goes only when the controller says so
+    await rollout.set_canary(image, 0)
     st = await rollout.status()
     assert st.stable.image == image and st.canary.replicas == 0 and svc.model("canary") is None
     assert svc.model("stable").digest == bad.digest

@@ -30,6 +30,7 @@ async def test_drift_then_retrain_canary_and_promote(tmp_path, capsys):
     both = sim.tick(1, requests=4000)
     assert both["canary"].precision > 1.5 * both["stable"].precision, both
     await sim.rollout.promote(image)
+    await sim.rollout.set_canary(image, 0)
     after = sim.tick(1, requests=3000)
     assert set(after) == {"stable"} and after["stable"].precision > 1.5 * stale
     assert sim.service.feature_psi() < 0.5 * psi_drifted  # drift is measured against the new training window

@@ -375,3 +375,45 @@ async def test_a_canary_that_loses_its_pods_while_judged_is_rolled_back_and_one_
     phases = await world.until_end(run_id, *EQUAL)
     assert phases[-1] is Phase.ROLLED_BACK
     assert (await world.run(run_id)).extra["verdict"]["reason"] == "canary unhealthy: 0/1 pod(s) ready"
+
+
+async def promoting_run(world) -> str:
+    world.rollout.auto_ready = False
+    run_id = await world.deploying_run()
+    await world.controller.tick()
+    world.rollout.make_ready()
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.ANALYZING
+    await world.controller.operate(run_id, "promote", "sre")
+    return run_id
+
+
+async def test_promotion_scales_the_canary_down_only_once_stable_is_ready_on_the_image(world):
+    run_id = await promoting_run(world)
+    await world.controller.tick()
+    assert world.rollout.stable.image == IMAGE and world.rollout.canary.replicas == 1  # canary still serving
+    world.clock.advance(minutes=2)
+    await world.controller.tick()
+    assert (await world.run(run_id)).phase is Phase.PROMOTING and world.rollout.canary.replicas == 1
+    world.rollout.make_ready()
+    await world.controller.tick()
+    run = await world.run(run_id)
+    assert run.phase is Phase.SUCCEEDED and world.rollout.canary.replicas == 0
+    assert {c for c in world.rollout.calls if c[0] == "promote"} == {("promote", IMAGE)}
+
+
+async def test_a_stable_that_never_gets_ready_on_the_image_gets_its_old_image_back(world):
+    run_id = await promoting_run(world)
+    await world.controller.tick()
+    world.clock.advance(minutes=10)  # canary.ready_timeout
+    await world.controller.tick()
+    run = await world.run(run_id)
+    assert run.phase is Phase.ROLLING_BACK and run.extra["restore_stable"] == OLD
+    assert "stable not ready on" in run.cause and "0/10 ready" in run.cause
+    await world.controller.tick()
+    assert world.rollout.stable.image == OLD and world.rollout.canary.replicas == 0
+    assert (await world.run(run_id)).phase is Phase.ROLLING_BACK  # until stable is ready on the old image again
+    world.rollout.make_ready()
+    await world.controller.tick()
+    run = await world.run(run_id)
+    assert run.phase is Phase.ROLLED_BACK and run.cause == f"canary scaled to 0; stable restored to {OLD}"

@@ -34,3 +34,25 @@ async def test_live_runs_come_from_the_partial_index_and_only_live_ones(tmp_path
         assert again is not None and again.created_at == NOW and again.created_at.utcoffset() == timedelta(0)
     finally:
         await store.close()
+
+
+async def test_policy_state_reads_only_the_newest_starts_the_budget_needs(tmp_path):
+    from controller.core.policy import ModelPolicy, ModelState, rate_limit
+
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    try:
+        for i in range(6):
+            at = NOW - timedelta(hours=6 - i)
+            run, t = new_run(f"r{i}", "recsys", Phase.TRIGGERING, ("drift",), at, DEADLINES, "accepted")
+            await store.create_run(run, t)
+        args = dict(episodes=[], models=["recsys"], now=NOW, window_start=NOW - timedelta(days=1), dry_run=False)
+        every = (await store.policy_state(**args)).models["recsys"].recent_starts
+        newest = (await store.policy_state(**args, recent_limit={"recsys": 2})).models["recsys"].recent_starts
+        assert sorted(every) == [NOW - timedelta(hours=h) for h in range(6, 0, -1)]
+        assert sorted(newest) == [NOW - timedelta(hours=2), NOW - timedelta(hours=1)]
+        model = ModelPolicy("recsys", (), (), timedelta(0), daily_budget=2)
+        limited = rate_limit(model, ModelState(recent_starts=newest), NOW, timedelta(days=1))
+        assert limited == rate_limit(model, ModelState(recent_starts=every), NOW, timedelta(days=1)) is not None
+    finally:
+        await store.close()
