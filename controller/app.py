@@ -103,7 +103,7 @@ def canary_specs(settings: Settings) -> dict[str, CanarySpec]:
             ready_timeout=c.ready_timeout,
             guardrails=tuple(
                 GuardrailSpec(g.name, g.query, g.max if g.max is not None else g.min,  # type: ignore[arg-type]
-                              Direction.MAX if g.max is not None else Direction.MIN)  # fmt: skip
+                              Direction.MAX if g.max is not None else Direction.MIN, g.breaches)  # fmt: skip
                 for g in a.guardrails
             ),
         )

@@ -198,6 +198,7 @@ class GuardrailSettings(_Strict):
     query: str  # PromQL giving one number for the canary (e.g. its error ratio or p99 latency)
     max: float | None = None
     min: float | None = None
+    breaches: int = Field(default=2, ge=1)  # looks in a row over the bound that roll back (1: the first one)
 
     @model_validator(mode="after")
     def _one_bound(self) -> "GuardrailSettings":

@@ -6,6 +6,7 @@ same step with the same counter readings. Decisions are the pure functions of co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping
@@ -13,7 +14,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from controller.core.canary import CanaryPlan, Next, after_look, canary_replicas, due
 from controller.core.counters import Tally, advance, series_key, start
 from controller.core.durations import format_duration
-from controller.core.judge import Arm, Direction, Guardrail, JudgeConfig, Observation, Source, Verdict, judge
+from controller.core.judge import Arm, Direction, Guardrail, JudgeConfig, Observation, Source, Verdict, breached, judge
 from controller.core.runs import Phase, Run
 from controller.observability import Metrics, get_logger
 from controller.ports import Clock, DeploymentStatus, MetricsSource, QueryResult, Rollout, RolloutError, RolloutStatus
@@ -32,6 +33,7 @@ class GuardrailSpec:
     query: str
     threshold: float
     direction: Direction
+    breaches: int = 2  # looks in a row over the threshold that roll back
 
 
 @dataclass(frozen=True)
@@ -253,10 +255,16 @@ class Canary:
     ) -> tuple[Verdict, dict[str, Any], dict[str, Any]]:
         results = {m: await self.source.query(q) for m, q in self.spec.counters().items()}
         guardrails = []
+        streaks = dict(state.get("breaches") or {})
         for g in self.spec.guardrails:
             res = await self.source.query(g.query)
             value = res.samples[0].value if res.outcome == "value" and len(res.samples) == 1 else None
-            guardrails.append(Guardrail(g.name, value, g.threshold, g.direction))
+            reading = Guardrail(g.name, value, g.threshold, g.direction)
+            over = value is not None and not math.isnan(value) and breached(reading)
+            # Consecutive looks over the threshold; a look without data neither extends nor breaks the streak.
+            streaks[g.name] = streaks.get(g.name, 0) + 1 if over else (streaks.get(g.name, 0) if value is None else 0)
+            guardrails.append(replace(reading, tolerated=over and streaks[g.name] < g.breaches))
+        state = {**state, "breaches": streaks}
         elapsed = now - _at(state["step_started_at"])
         bad = [r for r in results.values() if r.outcome != "value"]
         totals = state["totals"]

@@ -85,6 +85,9 @@ class Guardrail:
     value: float | None
     threshold: float
     direction: Direction = Direction.MAX
+    # Over its threshold, but in fewer looks in a row than its limit: no FAIL yet (one noisy reading from a cold
+    # pod is not a verdict), and no PASS while it lasts.
+    tolerated: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def judge(obs: Observation, config: JudgeConfig) -> Verdict:
     for g in obs.guardrails:
         if not _has_value(g.threshold):
             return Verdict(Outcome.ERROR, f"guardrail {g.name} has no usable threshold ({g.threshold!r})")
-        if _has_value(g.value) and _breached(g):
+        if _has_value(g.value) and breached(g) and not g.tolerated:
             op = ">" if g.direction is Direction.MAX else "<"
             return Verdict(Outcome.FAIL, f"guardrail {g.name} breached: {g.value:g} {op} {g.threshold:g}")
     if obs.source is Source.NO_DATA:
@@ -240,6 +243,11 @@ def judge(obs: Observation, config: JudgeConfig) -> Verdict:
             _round(ratio),
             round(deff, 3),
         )
+    over = [g for g in obs.guardrails if g.tolerated and _has_value(g.value) and breached(g)]
+    if over:
+        shown_over = ", ".join(f"{g.name} {g.value:g}" for g in over)
+        return verdict(Outcome.INCONCLUSIVE, f"{seen}: guardrail {shown_over} over its threshold, tolerated for now; "
+                       "the canary cannot pass while it lasts", config.pass_below)  # fmt: skip
     if stat <= config.pass_below:
         short = [
             f"{name} has {arm.trials:g} trials"
@@ -364,7 +372,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _breached(g: Guardrail) -> bool:
+def breached(g: Guardrail) -> bool:
     assert g.value is not None
     return g.value > g.threshold if g.direction is Direction.MAX else g.value < g.threshold
 

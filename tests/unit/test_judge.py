@@ -251,3 +251,12 @@ def test_an_unfit_canary_is_an_error_with_its_own_reason():
     obs = Observation(None, None, timedelta(minutes=5), (), Source.UNFIT, "canary unhealthy: 0/2 pod(s) ready")
     v = judge(obs, JudgeConfig())
     assert v.outcome is Outcome.ERROR and v.reason == "canary unhealthy: 0/2 pod(s) ready"
+
+
+def test_a_tolerated_breach_neither_fails_nor_passes():
+    arms = (Arm(hits=5000, trials=100_000), Arm(hits=5000, trials=100_000))
+    over = Guardrail("error_ratio", 0.2, 0.01, Direction.MAX, tolerated=True)
+    v = judge(Observation(*arms, timedelta(hours=1), (over,)), JudgeConfig(min_trials=1000))
+    assert v.outcome is Outcome.INCONCLUSIVE and "error_ratio 0.2 over its threshold, tolerated" in v.reason
+    fine = Guardrail("error_ratio", 0.001, 0.01, Direction.MAX, tolerated=True)  # tolerated but not over: no effect
+    assert judge(Observation(*arms, timedelta(hours=1), (fine,)), JudgeConfig(min_trials=1000)).outcome is Outcome.PASS

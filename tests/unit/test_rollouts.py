@@ -165,13 +165,37 @@ async def test_metrics_source_down_is_error_then_rollback_after_the_limit(world)
     assert [m["verdict"] for m in run.extra["measurements"]][-3:] == ["error"] * 3
 
 
-async def test_guardrail_breach_fails_at_once(world):
+async def test_a_guardrail_breached_two_looks_in_a_row_fails_and_one_spike_is_tolerated(world):
     run_id = await world.deploying_run()
     await world.controller.tick()
+    world.source.scalars[GUARD] = 0.2  # one noisy look: a cold pod's error ratio
+    await world.minute(*EQUAL)
+    run = await world.run(run_id)
+    assert run.phase is Phase.ANALYZING and run.extra["verdict"]["outcome"] == "inconclusive"
+    assert "guardrail error_ratio 0.2 over its threshold, tolerated for now" in run.extra["verdict"]["reason"]
+    world.source.scalars[GUARD] = 0.001  # back under: the streak starts again
+    await world.minute(*EQUAL)
+    assert (await world.run(run_id)).extra["canary"]["breaches"] == {"error_ratio": 0}
     world.source.scalars[GUARD] = 0.2
+    await world.minute(*EQUAL)
+    assert (await world.run(run_id)).phase is Phase.ANALYZING
     await world.minute(*EQUAL)
     run = await world.run(run_id)
     assert run.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK) and "guardrail error_ratio breached" in run.cause
+
+
+async def test_a_guardrail_with_a_limit_of_one_fails_at_once(tmp_path):
+    w = World(tmp_path, spec(guardrails=(GuardrailSpec("error_ratio", GUARD, 0.01, Direction.MAX, breaches=1),)))
+    await w.start()
+    try:
+        run_id = await w.deploying_run()
+        await w.controller.tick()
+        w.source.scalars[GUARD] = 0.2
+        await w.minute(*EQUAL)
+        run = await w.run(run_id)
+        assert run.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK) and "guardrail error_ratio breached" in run.cause
+    finally:
+        await w.stop()
 
 
 async def test_a_canary_that_never_gets_ready_rolls_back(world):
