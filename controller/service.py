@@ -568,9 +568,11 @@ class Controller:
             live = state.models[model].live_run
             if live is not None:
                 raise Conflict(f"model {model} has a live run {live}: abort it or wait for it to end")
-            queued = state.active_runs >= self.policy.max_concurrent
+            full = state.active_runs >= self.policy.max_concurrent
+            queued = full or state.waiting > 0  # behind the runs already waiting, as alerts' runs are
             phase = Phase.QUEUED if queued else Phase.TRIGGERING
-            why = f"{cause} (queued: {self.policy.max_concurrent} runs already active)" if queued else cause
+            ahead = f"{self.policy.max_concurrent} runs already active" if full else f"{state.waiting} queued run(s) go first"
+            why = f"{cause} (queued: {ahead})" if queued else cause
             run, t = new_run(self.new_id(), model, phase, reasons, now, self.deadlines, why, trigger="manual",
                              dry_run=self.dry_run)  # fmt: skip
             run = _with_changes(run, extra)

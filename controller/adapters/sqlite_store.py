@@ -301,7 +301,13 @@ class SqliteStore:
         active = db.execute(
             "SELECT COUNT(*) FROM runs WHERE ended_at IS NULL AND phase != ?", (Phase.QUEUED.value,)
         ).fetchone()[0]
-        return PolicyState(models=states, active_runs=active, handled=handled)
+        # Queued runs a freed slot would start: not those a pause holds (core.runs.held says the same).
+        waiting = db.execute(
+            "SELECT COUNT(*) FROM runs WHERE ended_at IS NULL AND phase = ? AND (trigger = 'manual'"
+            " OR model NOT IN (SELECT model FROM model_controls WHERE paused = 1))",
+            (Phase.QUEUED.value,),
+        ).fetchone()[0]
+        return PolicyState(models=states, active_runs=active, handled=handled, waiting=waiting)
 
     async def record_notification(
         self,

@@ -72,6 +72,7 @@ class PolicyState:
     models: Mapping[str, ModelState] = field(default_factory=dict)
     active_runs: int = 0
     handled: Mapping[str, str] = field(default_factory=dict)  # episode -> run id
+    waiting: int = 0  # queued runs that will start when a slot frees (not held by a pause): they go first
 
 
 @dataclass(frozen=True)
@@ -161,16 +162,19 @@ def _decide_one(
         return replace(base, kind=Kind.RATE_LIMITED, detail=f"{which}: {detail}", until=until), state
 
     run_id = next(new_ids)
-    queued = state.active_runs >= config.max_concurrent
+    full = state.active_runs >= config.max_concurrent
+    queued = full or state.waiting > 0  # a slot that just freed belongs to the oldest queued run
     ms = ModelState(live_run=run_id, last_ended_at=ms.last_ended_at, recent_starts=ms.recent_starts + (now,))
     state = replace(
         state,
         models={**state.models, model.name: ms},
         active_runs=state.active_runs + (0 if queued else 1),
         handled={**state.handled, ep: run_id},
+        waiting=state.waiting + (1 if queued else 0),
     )
     if queued:
-        detail = f"{config.max_concurrent} runs already active: run {run_id} waits in the queue"
+        why = f"{config.max_concurrent} runs already active" if full else f"{state.waiting - 1} queued run(s) go first"
+        detail = f"{why}: run {run_id} waits in the queue"
         return replace(base, kind=Kind.QUEUED, run_id=run_id, detail=detail), state
     return replace(base, kind=Kind.ACCEPTED, run_id=run_id, detail=f"started run {run_id}"), state
 

@@ -148,3 +148,12 @@ def test_runs_to_start_in_arrival_order(queued, active, cap, expected):
 )
 def test_held_runs_wait_without_taking_a_slot(queued, active, cap, held, expected):
     assert runs_to_start(queued, active, cap, frozenset(held)) == expected
+
+
+def test_a_free_slot_goes_to_the_oldest_queued_run_not_a_new_alert():
+    from controller.core.policy import Kind as K
+
+    [d], state = decide([alert()], PolicyState(active_runs=0, waiting=1), T0, policy(), ids())
+    assert d.kind is K.QUEUED and "1 queued run(s) go first" in d.detail and state.waiting == 2
+    [d], _ = decide([alert()], PolicyState(active_runs=0, waiting=0), T0, policy(), ids())
+    assert d.kind is K.ACCEPTED

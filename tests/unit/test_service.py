@@ -367,3 +367,18 @@ async def test_a_run_ending_with_a_create_in_doubt_cancels_the_pipeline_that_cre
     await world.controller.tick()
     assert (await world.run(d.run_id)).phase is Phase.FAILED
     assert ("cancel", "p-late") in world.runner.calls
+
+
+async def test_a_slot_freed_between_ticks_goes_to_the_queued_run_first(world):
+    from controller.core.runs import new_run
+
+    # As between a run's end and the next tick: no run active, one queued for search.
+    waiting, t = new_run("waiting1", "search", Phase.QUEUED, ("precision_drop",), world.clock.now(),
+                         world.settings.policy.deadlines, "queued: 1 runs already active")  # fmt: skip
+    await world.store.create_run(waiting, t)
+    [d] = await world.send(am_alert())
+    assert d.kind.value == "queued" and "1 queued run(s) go first" in d.detail
+    await world.controller.tick()  # the slot goes to the oldest queued run
+    await world.controller.tick()  # which is triggered
+    assert world.runner.triggers() == ["waiting1"]
+    assert (await world.run(d.run_id)).phase is Phase.QUEUED
