@@ -689,6 +689,12 @@ class Controller:
             assert run is not None
         if run.phase is Phase.TRAINING and run.pipeline_id == pipeline_id:
             await self._on_pipeline_status(run, status)
+        elif run.phase in (Phase.CANCELED, Phase.FAILED) and not status.finished:
+            # Nobody follows this pipeline any more (the run was aborted or timed out, maybe before the create
+            # came back): it would only spend a training budget and push an image no one deploys.
+            self.log.warning("pipeline_orphaned", run_id=run.id, model=run.model, pipeline_id=pipeline_id,
+                             detail=f"hook says {status.state} but the run is {run.phase}; canceling it")
+            await self._cancel_pipeline(replace(run, pipeline_id=pipeline_id, pipeline_url=web_url))
         current = await self.store.get_run(run.id)
         assert current is not None
         return {"run_id": run.id, "phase": current.phase.value}

@@ -12,6 +12,7 @@ from controller.adapters.sqlite_store import SqliteStore
 from controller.app import Adapters, create_app
 from controller.config import load_settings
 from controller.core.callbacks import callback_token
+from controller.ports import PipelineStatus
 from tests.conftest import SECRETS_ENV, TOKEN, write_config
 from tests.fakes.runner import ScriptedRunner
 from tests.unit.payloads import am_alert, notification
@@ -168,3 +169,18 @@ async def test_pipeline_hook_auth_and_foreign_pipelines(env):
     r = await post_hook(client, {"object_kind": "pipeline", "object_attributes": {"status": "failed"}})
     assert r.status == 400
     await wait_phase(client, run_id, "training")
+
+
+async def test_a_hook_about_a_running_pipeline_of_an_aborted_run_cancels_it(env):
+    client, runner, run_id = env
+    admin = {"Authorization": f"Bearer {SECRETS_ENV['RETRAIN_CONTROLLER_ADMIN_TOKEN']}"}
+    assert (await client.post(f"/api/v1/runs/{run_id}/abort", headers=admin)).status == 200
+    late = "p-late"  # e.g. a create that came back after the abort and was never recorded on the run
+    runner.states[late] = PipelineStatus("running")
+    runner.calls.clear()
+    r = await post_hook(client, hook(run_id, late, "running"), key="late-1")
+    assert r.status == 200 and (await r.json())["phase"] == "canceled"
+    assert ("cancel", late) in runner.calls
+    runner.calls.clear()
+    r = await post_hook(client, hook(run_id, late, "canceled"), key="late-2")
+    assert r.status == 200 and runner.calls == []  # a finished pipeline is left alone
