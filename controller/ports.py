@@ -35,8 +35,8 @@ class IntakeStore(Protocol):
         self, episodes: list[str], models: list[str], now: datetime, window_start: datetime, dry_run: bool,
         recent_limit: Mapping[str, int] | None = None,
     ) -> PolicyState:
-        """`recent_limit`: read at most this many of a model's newest starts in the window (its daily budget is
-        all the rate limit needs); None reads them all."""
+        """`recent_limit` (a model's daily budget): its newest `limit` starts in the window when there are that
+        many, else none: all the rate limit needs. Without it, every start in the window (for pages)."""
         ...
 
     async def record_notification(

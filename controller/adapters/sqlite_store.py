@@ -263,6 +263,20 @@ class SqliteStore:
     ) -> PolicyState:
         return await self._call(self._policy_state, episodes, models, window_start, dry_run, recent_limit or {})
 
+    @staticmethod
+    def _recent_starts(
+        db: sqlite3.Connection, model: str, dry_run: bool, window_start: datetime, limit: int | None
+    ) -> list[Any]:
+        """With a limit (the daily budget): the newest `limit` starts if there are that many, else none, which is
+        all the rate limit needs; a decision's cost then does not grow with the day's runs. Without: every one."""
+        where = "FROM runs WHERE model = ? AND dry_run = ? AND created_at > ? ORDER BY created_at DESC"
+        params = (model, int(dry_run), _ts(window_start))
+        if limit is None:
+            return db.execute(f"SELECT created_at {where}", params).fetchall()
+        if db.execute(f"SELECT 1 {where} LIMIT 1 OFFSET ?", (*params, limit - 1)).fetchone() is None:
+            return []
+        return db.execute(f"SELECT created_at {where} LIMIT ?", (*params, limit)).fetchall()
+
     def _policy_state(
         self, episodes: list[str], models: list[str], window_start: datetime, dry_run: bool,
         recent_limit: Mapping[str, int],
@@ -284,12 +298,7 @@ class SqliteStore:
             ended = db.execute(
                 "SELECT MAX(ended_at) FROM runs WHERE model = ? AND dry_run = ?", (model, int(dry_run))
             ).fetchone()[0]
-            # Newest first, only as many as the budget: a decision's cost must not grow with the day's runs.
-            starts = db.execute(
-                "SELECT created_at FROM runs WHERE model = ? AND dry_run = ? AND created_at > ?"
-                " ORDER BY created_at DESC LIMIT ?",
-                (model, int(dry_run), _ts(window_start), recent_limit.get(model, -1)),
-            ).fetchall()
+            starts = self._recent_starts(db, model, dry_run, window_start, recent_limit.get(model))
             states[model] = ModelState(
                 live_run=live[0] if live else None,
                 last_ended_at=_dt(ended),

@@ -51,6 +51,8 @@ async def test_policy_state_reads_only_the_newest_starts_the_budget_needs(tmp_pa
         newest = (await store.policy_state(**args, recent_limit={"recsys": 2})).models["recsys"].recent_starts
         assert sorted(every) == [NOW - timedelta(hours=h) for h in range(6, 0, -1)]
         assert sorted(newest) == [NOW - timedelta(hours=2), NOW - timedelta(hours=1)]
+        under = (await store.policy_state(**args, recent_limit={"recsys": 7})).models["recsys"].recent_starts
+        assert under == ()  # the budget is not used up: nothing to read
         model = ModelPolicy("recsys", (), (), timedelta(0), daily_budget=2)
         limited = rate_limit(model, ModelState(recent_starts=newest), NOW, timedelta(days=1))
         assert limited == rate_limit(model, ModelState(recent_starts=every), NOW, timedelta(days=1)) is not None
