@@ -23,7 +23,7 @@ MAX_MEASUREMENTS = 200
 ARMS = ("stable", "canary")
 # Counters are read as range selectors, each series' latest sample in this window: an instant query leaves out a
 # pod whose last scrape failed (Prometheus marks its series stale), and a baseline missing a pod would later count
-# that pod's whole lifetime as the step's traffic. As long as Prometheus's default lookback.
+# that pod's whole lifetime as the step's traffic. Five minutes, like Prometheus's default lookback.
 COUNTER_WINDOW = "5m"
 
 
