@@ -79,28 +79,24 @@ def parse_answer(http_status: int, body: str) -> tuple[QueryResult, list[str]]:
     kind = data.get("resultType")
     result = data.get("result")
     try:
-        if kind == "vector":
+        if kind in ("vector", "matrix"):
             if not isinstance(result, list):
-                raise ValueError("vector result is not a list")
+                raise ValueError(f"{kind} result is not a list")
             samples = []
             for item in result:
                 labels = item.get("metric", {})
                 if not isinstance(labels, dict):
                     raise ValueError(f"labels are not an object: {labels!r}")
-                _ts, raw = item["value"]
-                samples.append(Sample({str(k): str(v) for k, v in labels.items()}, parse_value(raw)))
-        elif kind == "matrix":
-            if not isinstance(result, list):
-                raise ValueError("matrix result is not a list")
-            samples = []
-            for item in result:
-                labels = item.get("metric", {})
-                values = item["values"]
-                if not isinstance(labels, dict) or not isinstance(values, list):
-                    raise ValueError(f"series is not labels and values: {item!r}")
-                if values:  # Prometheus sends them oldest first
+                if kind == "vector":
+                    _ts, raw = item["value"]
+                else:  # a range selector: each series' latest sample (Prometheus sends them oldest first)
+                    values = item["values"]
+                    if not isinstance(values, list):
+                        raise ValueError(f"values are not a list: {values!r}")
+                    if not values:
+                        continue
                     _ts, raw = values[-1]
-                    samples.append(Sample({str(k): str(v) for k, v in labels.items()}, parse_value(raw)))
+                samples.append(Sample({str(k): str(v) for k, v in labels.items()}, parse_value(raw)))
         elif kind == "scalar":
             _ts, raw = result
             samples = [Sample({}, parse_value(raw))]
