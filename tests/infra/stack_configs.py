@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
 
 GAUGE = "recsys_precision_at_k"
 ALERTNAME = "RecsysPrecisionAtKDrop"
@@ -26,24 +29,18 @@ RULES = textwrap.dedent(
 )
 
 
-def prometheus_config(am_port: int, target: str) -> str:
-    return textwrap.dedent(
-        f"""
-        global:
-          scrape_interval: 1s
-          scrape_timeout: 1s
-          evaluation_interval: 1s
-        rule_files: [rules.yml]
-        alerting:
-          alertmanagers:
-            - static_configs:
-                - targets: ["127.0.0.1:{am_port}"]
-        scrape_configs:
-          - job_name: recsys
-            static_configs:
-              - targets: ["{target}"]
-        """
-    )
+def prometheus_config(jobs: Mapping[str, str], am_port: int | None = None, rule_files: Sequence[str] = ()) -> str:
+    """Every test's Prometheus: 1 s scrapes and evaluations, one static target per job, and optionally rule files
+    and an Alertmanager on 127.0.0.1."""
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in jobs.items()],
+    }
+    if rule_files:
+        config["rule_files"] = list(rule_files)
+    if am_port is not None:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]}
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def alertmanager_config(controller_port: int, token_file: Path, group_wait: str = "1s") -> str:

@@ -221,7 +221,7 @@ def start_stack(tmp_path: Path, exporter: GaugeExporter) -> Iterator[StackFactor
 
         prometheus = start_prometheus(
             tmp_path / "prometheus",
-            prometheus_config(alertmanager.port, exporter.target),
+            prometheus_config({"recsys": exporter.target}, alertmanager.port, ["rules.yml"]),
             {"rules.yml": RULES},
         )
         started.append(prometheus)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 import threading
 import time
 import urllib.parse
@@ -33,6 +32,7 @@ import pytest
 import yaml
 
 from tests.infra import promql
+from tests.infra.stack_configs import prometheus_config
 from tests.infra.exporter import HITS, SERVED, CounterExporter
 from tests.infra.procs import (
     Deadline,
@@ -196,29 +196,6 @@ def alertmanager_for_test(controller_port: int, token_file: Path, human_url: str
     return text
 
 
-def prometheus_config(am_port: int, exporter: str, controller: str) -> str:
-    return textwrap.dedent(
-        f"""
-        global:
-          scrape_interval: 1s
-          scrape_timeout: 1s
-          evaluation_interval: 1s
-        rule_files: [recording-rules.yml, alert-rules.yml]
-        alerting:
-          alertmanagers:
-            - static_configs:
-                - targets: ["127.0.0.1:{am_port}"]
-        scrape_configs:
-          - job_name: recsys
-            static_configs:
-              - targets: ["{exporter}"]
-          - job_name: retrain-controller
-            static_configs:
-              - targets: ["{controller}"]
-        """
-    )
-
-
 # ---- the stack ----------------------------------------------------------------------------------------------
 
 
@@ -286,7 +263,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         started.append(alertmanager)
         prometheus = start_prometheus(
             tmp_path / "prometheus",
-            prometheus_config(alertmanager.port, exporter.target, f"127.0.0.1:{port}"),
+            prometheus_config({"recsys": exporter.target, "retrain-controller": f"127.0.0.1:{port}"}, alertmanager.port,
+                              ["recording-rules.yml", "alert-rules.yml"]),
             rules,
         )
         started.append(prometheus)

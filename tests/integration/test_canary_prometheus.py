@@ -7,7 +7,6 @@ tallies and the Prometheus adapter are the real ones.
 from __future__ import annotations
 
 import asyncio
-import textwrap
 from datetime import timedelta
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -29,6 +28,7 @@ from controller.service import Controller
 from tests.conftest import SECRETS_ENV, write_config
 from tests.fakes.rollout import FakeRollout
 from tests.fakes.runner import ScriptedRunner
+from tests.infra.stack_configs import prometheus_config
 from tests.infra.exporter import CounterExporter
 from tests.infra.procs import Service, prometheus_binary, start_prometheus
 from tests.unit.payloads import am_alert, notification
@@ -36,17 +36,6 @@ from tests.unit.payloads import am_alert, notification
 IMAGE = "registry.example/recsys@sha256:" + "c" * 64
 PRECISION = 0.05
 STABLE_RATE, CANARY_RATE = 20000.0, 5000.0  # slots per second
-
-
-def scrape_config(target: str) -> str:
-    return textwrap.dedent(
-        f"""
-        global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}
-        scrape_configs:
-          - job_name: recsys
-            static_configs: [{{targets: ["{target}"]}}]
-        """
-    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,7 @@ def exporter() -> Iterator[CounterExporter]:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory, exporter: CounterExporter) -> Iterator[Service]:
     prometheus_binary()  # skip, or fail under REQUIRE_INTEGRATION=1, before starting anything
-    service = start_prometheus(tmp_path_factory.mktemp("prometheus"), scrape_config(exporter.target))
+    service = start_prometheus(tmp_path_factory.mktemp("prometheus"), prometheus_config({"recsys": exporter.target}))
     try:
         yield service
     finally:
@@ -205,7 +194,7 @@ async def test_a_canary_without_traffic_is_never_promoted(exporter, prometheus, 
 
 async def test_prometheus_stopped_mid_analysis_is_error_and_ends_as_configured(exporter, tmp_path, loops) -> None:
     prometheus_binary()
-    own = start_prometheus(tmp_path / "prometheus", scrape_config(exporter.target))
+    own = start_prometheus(tmp_path / "prometheus", prometheus_config({"recsys": exporter.target}))
     try:
         # a slow canary, so the analysis is still going when Prometheus stops
         loop, run_id, task = await scenario(exporter, own, tmp_path, loops, "outage", 1.0, canary_rate=50.0)

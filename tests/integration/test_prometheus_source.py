@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import textwrap
 import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -19,25 +18,11 @@ import pytest
 from controller.adapters.prometheus import PrometheusSource
 from controller.core.counters import Tally, advance, reading, series_key, start
 from controller.ports import QueryResult, Sample
+from tests.infra.stack_configs import prometheus_config
 from tests.infra.exporter import HITS, SERVED, CounterExporter
 from tests.infra.procs import Service, prometheus_binary, start_prometheus
 
 SETTLE_S = 10.0
-
-
-def scrape_config(target: str) -> str:
-    return textwrap.dedent(
-        f"""
-        global:
-          scrape_interval: 1s
-          scrape_timeout: 1s
-          evaluation_interval: 1s
-        scrape_configs:
-          - job_name: recsys
-            static_configs:
-              - targets: ["{target}"]
-        """
-    )
 
 
 def pod(track: str, name: str) -> dict[str, str]:
@@ -55,7 +40,7 @@ def shared_exporter() -> Iterator[CounterExporter]:
 def shared_prometheus(tmp_path_factory: pytest.TempPathFactory, shared_exporter: CounterExporter) -> Iterator[Service]:
     """One Prometheus for the module: it first scrapes a new target only after its ~5 s discovery delay."""
     prometheus_binary()  # skip (or fail under REQUIRE_INTEGRATION=1) before starting anything
-    service = start_prometheus(tmp_path_factory.mktemp("prometheus"), scrape_config(shared_exporter.target))
+    service = start_prometheus(tmp_path_factory.mktemp("prometheus"), prometheus_config({"recsys": shared_exporter.target}))
     try:
         yield service
     finally:
@@ -142,7 +127,7 @@ async def test_a_bad_query_is_an_error_with_prometheus_message(source: Prometheu
 
 async def test_stopped_prometheus_is_an_error_not_no_data(tmp_path: Path) -> None:
     prometheus_binary()
-    prometheus = start_prometheus(tmp_path / "prometheus", scrape_config("127.0.0.1:1"))  # a Prometheus of its own
+    prometheus = start_prometheus(tmp_path / "prometheus", prometheus_config({"recsys": "127.0.0.1:1"}))  # a Prometheus of its own
     source = PrometheusSource(prometheus.url, timeout_s=5)
     try:
         assert await source.query("vector(1)") == QueryResult("value", (Sample({}, 1.0),))

@@ -131,7 +131,7 @@ class Rig:
         self.alertmanager = start_alertmanager(self.workdir / "alertmanager", alertmanager_config(port, token_file, group_wait="500ms"),
                                                port=am_port)  # fmt: skip
         s.callback(self.alertmanager.stop)
-        self.prometheus = start_prometheus(self.workdir / "prometheus", prometheus_config(am_port, self.exporter.target),
+        self.prometheus = start_prometheus(self.workdir / "prometheus", prometheus_config({"recsys": self.exporter.target}, am_port, ["rules.yml"]),
                                            {"rules.yml": RULES}, port=prom_port)  # fmt: skip
         s.callback(self.prometheus.stop)
 
