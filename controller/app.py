@@ -18,7 +18,7 @@ from controller.observability import Metrics, get_logger
 from controller.core.canary import CanaryPlan, Step
 from controller.core.judge import Direction, JudgeConfig
 from controller.ports import Clock, MetricsSource, PipelineRunner, Rollout
-from controller.rollouts import CanarySpec, GuardrailSpec
+from controller.core.canary import CanarySpec, GuardrailSpec
 from controller.service import Controller
 from controller.web import alerts, api, health, openapi, ops, pages, pipelines
 from controller.web.common import CTX, WebContext, json_errors, request_metrics

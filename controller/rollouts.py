@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Mapping
 
-from controller.core.canary import CanaryPlan, Next, after_look, canary_replicas, due
+from controller.core.canary import CanaryPlan, CanarySpec, GuardrailSpec, Next, after_look, canary_replicas, due
 from controller.core.counters import Tally, advance, series_key, start
 from controller.core.durations import format_duration
 from controller.core.judge import Arm, Direction, Guardrail, JudgeConfig, Observation, Source, Verdict, breached, judge
@@ -21,38 +21,6 @@ from controller.ports import Clock, DeploymentStatus, MetricsSource, QueryResult
 
 MAX_MEASUREMENTS = 200
 ARMS = ("stable", "canary")
-# Counters are read as range selectors, each series' latest sample in this window: an instant query leaves out a
-# pod whose last scrape failed (Prometheus marks its series stale), and a baseline missing a pod would later count
-# that pod's whole lifetime as the step's traffic. Five minutes, like Prometheus's default lookback.
-COUNTER_WINDOW = "5m"
-
-
-@dataclass(frozen=True)
-class GuardrailSpec:
-    name: str
-    query: str
-    threshold: float
-    direction: Direction
-    breaches: int = 2  # looks in a row over the threshold that roll back
-
-
-@dataclass(frozen=True)
-class CanarySpec:
-    """Everything the canary of one model needs from config, in plain values."""
-
-    plan: CanaryPlan
-    judge: JudgeConfig
-    hits: str
-    trials: str
-    track_label: str
-    ready_timeout: timedelta
-    guardrails: tuple[GuardrailSpec, ...] = ()
-    units: str | None = None  # requests counter: lets the judge bound the variance of correlated slots
-
-    def counters(self) -> dict[str, str]:
-        """Counter reads (range selectors, see COUNTER_WINDOW) by the name the judge's Arm gives them."""
-        named = {"hits": self.hits, "trials": self.trials, **({"units": self.units} if self.units else {})}
-        return {name: f"{selector}[{COUNTER_WINDOW}]" for name, selector in named.items()}
 
 
 Move = Callable[..., Awaitable[bool]]  # (run, to, cause, **changes) -> moved?

@@ -28,7 +28,8 @@ from controller.ports import (
     Store,
     StoreUnavailable,
 )
-from controller.rollouts import Canary, CanarySpec, shift_wait
+from controller.core.canary import CanarySpec
+from controller.rollouts import Canary, shift_wait
 
 LIVE_STABLE_TTL = timedelta(seconds=30)  # a cluster read of the stable image is shown this long
 LIVE_STABLE_TIMEOUT = 2.0  # a status page waits no longer than this for the cluster

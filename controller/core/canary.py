@@ -16,7 +16,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from controller.core.durations import format_duration
-from controller.core.judge import Outcome
+from controller.core.judge import Direction, JudgeConfig, Outcome
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Next(StrEnum):
 
 
 @dataclass(frozen=True)
-class Move:
+class AfterLook:
     next: Next
     reason: str
     bad_looks: int
@@ -58,29 +58,63 @@ class Move:
 def after_look(
     plan: CanaryPlan, step: int, step_elapsed: timedelta, step_trials: float, outcome: Outcome, reason: str,
     bad_looks: int,
-) -> Move:  # fmt: skip
+) -> AfterLook:  # fmt: skip
     """What to do after the judge's verdict at step `step` (0-based)."""
     if outcome is Outcome.FAIL:
-        return Move(Next.ROLLBACK, f"canary failed analysis: {reason}", 0)
+        return AfterLook(Next.ROLLBACK, f"canary failed analysis: {reason}", 0)
     if outcome in (Outcome.NO_DATA, Outcome.ERROR):
         bad = bad_looks + 1
         if bad > plan.max_bad_looks:
-            return Move(Next.ROLLBACK, f"{bad} looks in a row without usable data (limit {plan.max_bad_looks}): {reason}", bad)
-        return Move(Next.WAIT, f"{outcome.value} ({bad} of {plan.max_bad_looks} tolerated): {reason}", bad)
+            return AfterLook(Next.ROLLBACK, f"{bad} looks in a row without usable data (limit {plan.max_bad_looks}): {reason}", bad)
+        return AfterLook(Next.WAIT, f"{outcome.value} ({bad} of {plan.max_bad_looks} tolerated): {reason}", bad)
     last = step == len(plan.steps) - 1
     if last:
         if outcome is Outcome.PASS:
-            return Move(Next.PROMOTE, f"canary passed analysis: {reason}", 0)
-        return Move(Next.WAIT, reason, 0)
+            return AfterLook(Next.PROMOTE, f"canary passed analysis: {reason}", 0)
+        return AfterLook(Next.WAIT, reason, 0)
     current = plan.steps[step]
     if step_elapsed < current.min_duration:
-        return Move(Next.WAIT, f"step {step + 1} at {current.weight}% runs {format_duration(current.min_duration)}: {reason}", 0)
+        return AfterLook(Next.WAIT, f"step {step + 1} at {current.weight}% runs {format_duration(current.min_duration)}: {reason}", 0)
     if step_trials < plan.min_step_trials:
-        return Move(Next.WAIT, f"step {step + 1} has {step_trials:g} canary trials of {plan.min_step_trials:g}: {reason}", 0)
+        return AfterLook(Next.WAIT, f"step {step + 1} has {step_trials:g} canary trials of {plan.min_step_trials:g}: {reason}", 0)
     nxt = plan.steps[step + 1]
-    return Move(Next.ADVANCE, f"step {step + 1} done, canary to {nxt.weight}%: {reason}", 0)
+    return AfterLook(Next.ADVANCE, f"step {step + 1} done, canary to {nxt.weight}%: {reason}", 0)
 
 
 def due(last_look_at: float | None, now: float, interval: timedelta) -> bool:
     """Whether it is time for the next look (timestamps in seconds)."""
     return last_look_at is None or now - last_look_at >= interval.total_seconds()
+
+
+# Counters are read as range selectors, each series' latest sample in this window: an instant query leaves out a
+# pod whose last scrape failed (Prometheus marks its series stale), and a baseline missing a pod would later count
+# that pod's whole lifetime as the step's traffic. Five minutes, like Prometheus's default lookback.
+COUNTER_WINDOW = "5m"
+
+
+@dataclass(frozen=True)
+class GuardrailSpec:
+    name: str
+    query: str
+    threshold: float
+    direction: Direction
+    breaches: int = 2  # looks in a row over the threshold that roll back
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """Everything the canary of one model needs from config, in plain values."""
+
+    plan: CanaryPlan
+    judge: JudgeConfig
+    hits: str
+    trials: str
+    track_label: str
+    ready_timeout: timedelta
+    guardrails: tuple[GuardrailSpec, ...] = ()
+    units: str | None = None  # requests counter: lets the judge bound the variance of correlated slots
+
+    def counters(self) -> dict[str, str]:
+        """Counter reads (range selectors, see COUNTER_WINDOW) by the name the judge's Arm gives them."""
+        named = {"hits": self.hits, "trials": self.trials, **({"units": self.units} if self.units else {})}
+        return {name: f"{selector}[{COUNTER_WINDOW}]" for name, selector in named.items()}

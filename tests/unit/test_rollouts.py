@@ -15,7 +15,7 @@ from controller.core.judge import Direction, JudgeConfig
 from controller.core.runs import Phase
 from controller.observability import Metrics
 from controller.ports import RolloutError
-from controller.rollouts import CanarySpec, GuardrailSpec
+from controller.core.canary import CanarySpec, GuardrailSpec
 from controller.service import Controller
 from tests.conftest import SECRETS_ENV, write_config
 from tests.fakes.clock import FakeClock
