@@ -30,7 +30,7 @@ test-deps: $(VENV)/.test-deps kube-deps
 kube-deps:
 	bash tests/infra/build-kube-apiserver.sh
 
-## run: the controller with examples/local.yaml (a token is made for you unless one is set)
+## run: the controller with examples/local.yaml (a token and a callback secret are made for you unless set)
 run: deps
 	@mkdir -p var
 	@if [ -z "$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE" ] && [ ! -s var/alertmanager-token ]; then \
@@ -38,7 +38,11 @@ run: deps
 		chmod 600 var/alertmanager-token; fi
 	@if [ -z "$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN$$RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE" ]; then \
 		echo "Alertmanager bearer token: in var/alertmanager-token"; fi
+	@if [ -z "$$RETRAIN_CONTROLLER_CALLBACK_SECRET$$RETRAIN_CONTROLLER_CALLBACK_SECRET_FILE" ] && [ ! -s var/callback-secret ]; then \
+		$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > var/callback-secret; \
+		chmod 600 var/callback-secret; fi
 	RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE=$${RETRAIN_CONTROLLER_ALERTMANAGER_TOKEN_FILE:-var/alertmanager-token} \
+	RETRAIN_CONTROLLER_CALLBACK_SECRET_FILE=$${RETRAIN_CONTROLLER_CALLBACK_SECRET_FILE:-var/callback-secret} \
 		$(BIN)/retrain-controller serve --config $(CONFIG)
 
 ## demo: the whole loop on one machine (installs Prometheus and Alertmanager if missing); Ctrl-C stops it
