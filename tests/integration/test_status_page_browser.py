@@ -16,8 +16,8 @@ import pytest
 
 from controller.core.runs import Phase
 from tests.infra.procs import require_binary
-from tests.unit.test_web_ops import make_env
-from tests.unit.test_web_pages import MEASUREMENTS
+from tests.unit.web.test_ops import make_env
+from tests.unit.web.test_pages import MEASUREMENTS
 
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from controller.core.policy import Kind, ModelState, PolicyState, decide, runs_to_start
-from tests.unit.helpers import T0, alert, ids, policy
+from tests.unit.core.helpers import T0, alert, ids, policy
 
 H = timedelta(hours=1)
 

@@ -6,7 +6,7 @@ import json
 
 from controller.app import create_app
 from controller.web.openapi import document
-from tests.unit.test_web_ops import make_env
+from tests.unit.web.test_ops import make_env
 
 
 def routed(app) -> set[tuple[str, str]]:

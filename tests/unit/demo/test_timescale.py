@@ -8,7 +8,7 @@ import yaml
 
 from controller.demo.timescale import demo_alertmanager, demo_rules, prom_duration, scale_promql
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 S4 = timedelta(seconds=4)
 
 

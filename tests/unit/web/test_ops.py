@@ -16,7 +16,7 @@ from controller.core.runs import Phase, Run, Transition
 from tests.conftest import SECRETS_ENV, TOKEN, write_config
 from tests.fakes.runner import ScriptedRunner
 from tests.unit.payloads import am_alert, notification
-from tests.unit.test_rollouts import World
+from tests.unit.service.test_rollouts import World
 
 ADMIN = SECRETS_ENV["RETRAIN_CONTROLLER_ADMIN_TOKEN"]
 IMAGE = "registry.example/ml/recsys@sha256:" + "0f" * 32

@@ -10,7 +10,7 @@ import pytest
 from controller.web.pages import safe_url
 from tests.conftest import TOKEN
 from tests.unit.payloads import am_alert, notification
-from tests.unit.test_web_ops import make_env
+from tests.unit.web.test_ops import make_env
 
 HOSTILE = [
     "<script>alert(1)</script>",

@@ -8,8 +8,8 @@ from dataclasses import replace
 from controller.core.runs import Phase
 from controller.web.pages import chart
 from tests.conftest import SECRETS_ENV
-from tests.unit.test_rollouts import EQUAL, WORSE, World
-from tests.unit.test_web_ops import AUTH, make_env
+from tests.unit.service.test_rollouts import EQUAL, WORSE, World
+from tests.unit.web.test_ops import AUTH, make_env
 
 ALL_SECRETS = {
     **SECRETS_ENV,

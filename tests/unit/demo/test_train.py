@@ -151,7 +151,7 @@ async def test_runs_as_a_module_like_the_command_runner_runs_it(tmp_path, aiohtt
         sys.executable, "-m", "controller.demo.train", "--data-dir", str(data), "--models-dir", str(models),
         env={**_env(server, "run-cli"), "RETRAIN_BAD_MODEL": "1", "PATH": "/usr/bin:/bin"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=str(Path(__file__).resolve().parents[2]),
+        cwd=str(Path(__file__).resolve().parents[3]),
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0, err.decode()

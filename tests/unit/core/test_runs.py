@@ -16,7 +16,7 @@ from controller.core.runs import (
     overdue,
     transition,
 )
-from tests.unit.helpers import T0
+from tests.unit.core.helpers import T0
 
 DEADLINES = {p: timedelta(minutes=10) for p in LIVE}
 P = Phase

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from controller.core.callbacks import EVENT, callback_token, effect_of, token_matches
 from controller.core.runs import Phase
-from tests.unit.test_runs import run_in
+from tests.unit.core.test_runs import run_in
 
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/ml/recsys@{DIGEST}"
