@@ -12,6 +12,7 @@ from aiohttp import web
 from controller import __version__
 from controller.adapters.clock import SystemClock
 from controller.adapters.command_runner import CommandRunner
+from controller.adapters.gitlab import parse_pipeline_hook
 from controller.adapters.sqlite_store import SqliteStore
 from controller.config import Settings
 from controller.observability import Metrics, get_logger
@@ -140,7 +141,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
         client_max_size=settings.server.max_body_bytes,
         middlewares=[request_metrics(metrics), json_errors],
     )
-    app[CTX] = WebContext(settings=settings, controller=controller, store=adapters.store, metrics=metrics)
+    app[CTX] = WebContext(settings=settings, controller=controller, store=adapters.store, metrics=metrics,
+                          parse_hook=parse_pipeline_hook)
     app[CONTROLLER] = controller
     app.router.add_post("/api/v1/alerts", alerts.post_alerts)
     app.router.add_post("/api/v1/runs/{run_id}/events", pipelines.post_run_event)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 from controller.core.alerts import Alert
 from controller.core.policy import Decision, PolicyState
@@ -132,6 +132,32 @@ class PipelineRunner(Protocol):
     async def status(self, ref: PipelineRef) -> PipelineStatus: ...
 
     async def cancel(self, ref: PipelineRef) -> None: ...
+
+
+@dataclass(frozen=True)
+class PipelineHook:
+    """What a CI system's pipeline webhook says about one pipeline (GitLab: a Pipeline Hook)."""
+
+    pipeline_id: str
+    status: PipelineStatus
+    run_id: str | None = None  # the pipeline's RETRAIN_RUN_ID variable, when the hook carries it
+    web_url: str | None = None
+    project_id: str | None = None
+
+
+class HookInvalid(ValueError):
+    """A pipeline hook without what we need; `field` names the part that is missing or wrong."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class HookParser(Protocol):
+    def __call__(self, body: Mapping[str, Any]) -> PipelineHook | None:
+        """The hook's news; None for a hook about something else than a pipeline; HookInvalid if malformed."""
+        ...
 
 
 # ---- canary analysis ---------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Exactly one pipeline per run: the run id travels as RETRAIN_RUN_ID; after any fa
 after GitLab recorded the pipeline (timeout, reset connection, 5xx) we look the pipeline up before creating
 another. 429 waits Retry-After; 5xx and timeouts back off with jitter up to a total; 400/401/403/404 are
 permanent and fail the run with GitLab's own message.
+
+`parse_pipeline_hook` reads GitLab's Pipeline Hook (the web layer's HookParser), with the same table of finished
+statuses as the poller.
 """
 
 from __future__ import annotations
@@ -14,17 +17,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import gitlab
 import requests
 from gitlab.exceptions import GitlabAuthenticationError, GitlabError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from controller.ports import PipelineError, PipelineRef, PipelineRequest, PipelineStatus
+from controller.ports import HookInvalid, PipelineError, PipelineHook, PipelineRef, PipelineRequest, PipelineStatus
 
 T = TypeVar("T")
 
+# GitLab's finished statuses and what they mean for a run. Every other status, including ones newer than this
+# code (waiting_for_callback, canceling, ...), is still running.
 FINISHED = {"success": "success", "failed": "failed", "canceled": "canceled", "skipped": "canceled"}
 PERMANENT = {400, 401, 403, 404, 422}
 # How far back to look for a pipeline of this run: GitLab's clock and ours may disagree a little.
@@ -229,12 +234,52 @@ class GitlabRunner:
     async def _status(self, ref: PipelineRef) -> PipelineStatus:
         attrs = await self._retrying(lambda: self._call(lambda: dict(self._project().pipelines.get(int(ref.id)).attributes)))
         status = str(attrs.get("status", ""))
-        if status in FINISHED:
-            return PipelineStatus(FINISHED[status], f"GitLab pipeline {ref.id} {status}")
-        return PipelineStatus("running")  # including statuses newer than this code
+        return pipeline_status(status, f"GitLab pipeline {ref.id} {status}")
 
     async def cancel(self, ref: PipelineRef) -> None:
         await self._retrying(lambda: self._call(lambda: self._project().pipelines.get(int(ref.id), lazy=True).cancel()))
+
+
+def pipeline_status(status: str, detail: str) -> PipelineStatus:
+    """A GitLab pipeline status as the port's: finished ones with `detail`, any other one running."""
+    if status in FINISHED:
+        return PipelineStatus(FINISHED[status], detail)
+    return PipelineStatus("running")
+
+
+def parse_pipeline_hook(body: Mapping[str, Any]) -> PipelineHook | None:
+    """GitLab's Pipeline Hook (`object_kind: pipeline`): the pipeline's id, status, RETRAIN_RUN_ID variable and
+    page. None for a hook of another kind; HookInvalid naming the field when the id or the status is missing."""
+    if body.get("object_kind") != "pipeline":
+        return None
+    attrs = body.get("object_attributes")
+    if not isinstance(attrs, Mapping):
+        raise HookInvalid("object_attributes", "must be an object with the pipeline's id and status")
+    pipeline_id = attrs.get("id")
+    if type(pipeline_id) not in (int, str):  # not bool, which is an int
+        raise HookInvalid("object_attributes.id", "must be the pipeline's id (a number or a string)")
+    status = attrs.get("status")
+    if not isinstance(status, str):
+        raise HookInvalid("object_attributes.status", "must be the pipeline's status (a string)")
+    project = body.get("project")
+    project = project if isinstance(project, Mapping) else {}
+    base = project.get("web_url")
+    project_id = project.get("id")
+    return PipelineHook(
+        pipeline_id=str(pipeline_id),
+        status=pipeline_status(status, f"GitLab status {status}"),
+        run_id=_hook_variables(attrs.get("variables")).get("RETRAIN_RUN_ID") or None,
+        web_url=f"{base}/-/pipelines/{pipeline_id}" if isinstance(base, str) and base else None,
+        project_id=str(project_id) if type(project_id) in (int, str) and project_id != "" else None,
+    )
+
+
+def _hook_variables(raw: Any) -> dict[str, str]:
+    """`[{key, value}]` as GitLab sends them; entries of any other shape are not ours and are skipped."""
+    if not isinstance(raw, list):
+        return {}
+    return {v["key"]: v["value"] for v in raw
+            if isinstance(v, Mapping) and isinstance(v.get("key"), str) and isinstance(v.get("value"), str)}  # fmt: skip
 
 
 def _run_variables(request: PipelineRequest) -> dict[str, str]:

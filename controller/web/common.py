@@ -14,6 +14,7 @@ from aiohttp import web
 
 from controller.config import Settings
 from controller.observability import Metrics, Throttle, get_logger
+from controller.ports import HookParser
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -26,6 +27,7 @@ class WebContext:
     controller: Any  # controller.service.Controller
     store: Any  # the store's read and health faces
     metrics: Metrics
+    parse_hook: HookParser  # reads a CI system's pipeline webhook (GitLab's Pipeline Hook)
     quiet: Throttle = field(default_factory=Throttle)  # rate-limits log lines about rejected requests
 
 

@@ -9,13 +9,12 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from controller.core.callbacks import EVENT, token_matches
-from controller.ports import PipelineStatus, StoreUnavailable
+from controller.ports import HookInvalid, StoreUnavailable
 from controller.service import Conflict, RunFinished, UnknownRun
 from controller.web.common import CTX, BadJson, bearer_token, decode_json, error, header_bytes, json_ok, read_limited
 
 CALLBACK_LIMIT = 64 * 1024
 HOOK_LIMIT = 1024 * 1024
-FINISHED = {"success": "success", "failed": "failed", "canceled": "canceled", "skipped": "canceled"}
 
 
 async def _json_body(request: web.Request, limit: int) -> Any | web.Response:
@@ -73,27 +72,20 @@ async def post_gitlab_hook(request: web.Request) -> web.Response:
     body = await _json_body(request, HOOK_LIMIT)
     if isinstance(body, web.Response):
         return body
-    if not isinstance(body, dict) or body.get("object_kind") != "pipeline":
+    try:
+        hook = ctx.parse_hook(body) if isinstance(body, dict) else None
+    except HookInvalid:
+        return error(400, "invalid payload", [{"field": "object_attributes", "message": "needs id and status"}])
+    if hook is None:
         kind = body.get("object_kind") if isinstance(body, dict) else None
         return json_ok({"ignored": f"object_kind {kind!r} is not handled"}, status=202)
-    attrs = body.get("object_attributes")
-    pipeline_id = attrs.get("id") if isinstance(attrs, dict) else None
-    if type(pipeline_id) not in (int, str) or not isinstance(attrs.get("status"), str):
-        return error(400, "invalid payload", [{"field": "object_attributes", "message": "needs id and status"}])
     key = request.headers.get("Idempotency-Key", "")
     if header_bytes(key) is None:
         return error(400, "invalid Idempotency-Key", "the header must be UTF-8 text")
     try:
-        run_id = _variables(attrs.get("variables")).get("RETRAIN_RUN_ID")
-        status = attrs["status"]
-        pipeline_status = PipelineStatus(FINISHED[status], f"GitLab status {status}") if status in FINISHED \
-            else PipelineStatus("running")  # fmt: skip
-        project = body.get("project")
-        base = project.get("web_url") if isinstance(project, dict) else None
-        web_url = f"{base}/-/pipelines/{pipeline_id}" if isinstance(base, str) and base else None
         # Hooks are idempotent, so a replay is processed again harmlessly; the key is remembered only after
         # success, so a delivery that failed half-way is not mistaken for a replay when GitLab retries it.
-        result = await ctx.controller.handle_pipeline_hook(str(pipeline_id), pipeline_status, run_id, web_url)
+        result = await ctx.controller.handle_pipeline_hook(hook.pipeline_id, hook.status, hook.run_id, hook.web_url)
         if key:
             result["replay"] = not await ctx.store.first_delivery(f"gitlab:{key}", ctx.controller.clock.now())
     except UnknownRun as exc:
@@ -103,10 +95,3 @@ async def post_gitlab_hook(request: web.Request) -> web.Response:
         return error(503, "could not record the hook", str(exc), {"Retry-After": "5"})
     return json_ok(result)
 
-
-def _variables(raw: Any) -> dict[str, str]:
-    """`[{key, value}]` as GitLab sends them; entries of any other shape are not ours and are skipped."""
-    if not isinstance(raw, list):
-        return {}
-    return {v["key"]: v["value"] for v in raw
-            if isinstance(v, dict) and isinstance(v.get("key"), str) and isinstance(v.get("value"), str)}  # fmt: skip
