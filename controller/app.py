@@ -14,12 +14,9 @@ from controller.adapters.clock import SystemClock
 from controller.adapters.command_runner import CommandRunner
 from controller.adapters.gitlab import parse_pipeline_hook
 from controller.adapters.sqlite_store import SqliteStore
-from controller.config import Settings
+from controller.config import CommandPipeline, GitlabPipeline, Settings
 from controller.observability import Metrics, get_logger
-from controller.core.canary import CanaryPlan, Step
-from controller.core.judge import Direction, JudgeConfig
 from controller.ports import Clock, MetricsSource, PipelineRunner, Rollout
-from controller.core.canary import CanarySpec, GuardrailSpec
 from controller.service import Controller
 from controller.web import alerts, api, health, openapi, ops, pages, pipelines
 from controller.web.common import CTX, WebContext, json_errors, request_metrics
@@ -44,20 +41,21 @@ def build_adapters(settings: Settings, rollouts: Mapping[str, Rollout] | None = 
     runners: dict[str, PipelineRunner] = {}
     client = None
     for m in settings.models:
-        if m.pipeline.runner == "command":
-            runners[m.name] = CommandRunner(m.pipeline.command, state_dir, m.pipeline.env, m.pipeline.workdir)
-        elif m.pipeline.runner == "gitlab":
+        pipeline = m.pipeline
+        if isinstance(pipeline, CommandPipeline):
+            runners[m.name] = CommandRunner(pipeline.command, state_dir, pipeline.env, pipeline.workdir)
+        elif isinstance(pipeline, GitlabPipeline):
             from controller.adapters.gitlab import GitlabRunner, make_client
 
             token = settings.secrets.gitlab_token
             client = client or make_client(settings.gitlab.url, token.get_secret_value() if token else None,
                                            settings.gitlab.timeout.total_seconds())  # fmt: skip
-            trigger = m.pipeline.trigger_token_file
+            trigger = pipeline.trigger_token_file
             runners[m.name] = GitlabRunner(
                 client,
-                m.pipeline.project or "",
-                m.pipeline.ref,
-                m.pipeline.variables,
+                pipeline.project or "",
+                pipeline.ref,
+                pipeline.variables,
                 trigger_token=trigger.read_text().strip() if trigger else None,
                 call_timeout=settings.gitlab.timeout.total_seconds(),
                 retry_total=settings.gitlab.retry_total.total_seconds(),
@@ -79,36 +77,6 @@ def build_adapters(settings: Settings, rollouts: Mapping[str, Rollout] | None = 
 
         source = PrometheusSource(settings.prometheus.url, settings.prometheus.timeout.total_seconds())
     return Adapters(store=store, runners=runners, clock=SystemClock(), rollouts=rollouts, metrics_source=source)
-
-
-def canary_specs(settings: Settings) -> dict[str, CanarySpec]:
-    specs = {}
-    for m in settings.models:
-        if m.canary is None or m.analysis is None:
-            continue
-        c, a = m.canary, m.analysis
-        specs[m.name] = CanarySpec(
-            plan=CanaryPlan(
-                steps=tuple(Step(s.weight, s.min_duration) for s in c.steps),
-                total_replicas=c.total_replicas,
-                interval=a.interval,
-                max_bad_looks=a.max_no_data,
-                min_step_trials=a.min_trials,
-            ),
-            judge=JudgeConfig(tolerance=a.tolerance, indifference=a.indifference, alpha=a.alpha, beta=a.beta,
-                              min_trials=a.min_trials, overdispersion=a.overdispersion),  # fmt: skip
-            hits=a.hits,
-            trials=a.trials,
-            track_label=a.track_label,
-            units=a.units,
-            ready_timeout=c.ready_timeout,
-            guardrails=tuple(
-                GuardrailSpec(g.name, g.query, g.max if g.max is not None else g.min,  # type: ignore[arg-type]
-                              Direction.MAX if g.max is not None else Direction.MIN, g.breaches)  # fmt: skip
-                for g in a.guardrails
-            ),
-        )
-    return specs
 
 
 def callback_base_url(settings: Settings) -> str:
@@ -134,7 +102,7 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
         callback_base_url=callback_base_url(settings),
         step_wait=settings.policy.tick_interval.total_seconds(),
         rollouts=adapters.rollouts,
-        canary_specs={k: v for k, v in canary_specs(settings).items() if k in adapters.rollouts},
+        canary_specs={k: v for k, v in settings.canary_specs().items() if k in adapters.rollouts},
         metrics_source=adapters.metrics_source,
     )
     app = web.Application(

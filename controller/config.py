@@ -13,15 +13,19 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from controller.core.canary import CanaryPlan, CanarySpec, GuardrailSpec, Step
 from controller.core.durations import format_duration, parse_duration
+from controller.core.judge import Direction, JudgeConfig
 from controller.core.matchers import parse_matcher
 from controller.core.policy import ModelPolicy, PolicyConfig, Route
 from controller.core.runs import LIVE, Phase
@@ -139,28 +143,88 @@ class RuleSettings(_Strict):
         return named + self.matchers
 
 
-class PipelineSettings(_Strict):
-    runner: Literal["command", "gitlab"] = "command"
-    # command runner
+class CommandPipeline(_Strict):
+    """Runs a local command per run (the demo, small setups)."""
+
+    runner: Literal["command"] = "command"
     command: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     workdir: Path | None = None
-    # gitlab runner
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_keys(cls, data: Any) -> Any:
+        return _refuse_foreign_keys(cls, data)
+
+    @model_validator(mode="after")
+    def _runnable(self) -> "CommandPipeline":
+        if not self.command:
+            raise ValueError("the command runner needs `command` (a list: program and arguments)")
+        return self
+
+
+class GitlabPipeline(_Strict):
+    """Creates a GitLab pipeline per run (the pipelines API, or the trigger API with a trigger token)."""
+
+    runner: Literal["gitlab"]
     project: str | int | None = None  # numeric id or full path, e.g. ml/recsys
     ref: str = "main"
     variables: dict[str, str] = Field(default_factory=dict)
     trigger_token_file: Path | None = None  # use the trigger API with this token instead of the pipelines API
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_keys(cls, data: Any) -> Any:
+        return _refuse_foreign_keys(cls, data)
+
     @model_validator(mode="after")
-    def _runnable(self) -> "PipelineSettings":
-        if self.runner == "command" and not self.command:
-            raise ValueError("the command runner needs `command` (a list: program and arguments)")
-        if self.runner == "gitlab" and self.project in (None, ""):
+    def _runnable(self) -> "GitlabPipeline":
+        if self.project in (None, ""):
             raise ValueError("the gitlab runner needs `project` (numeric id or full path)")
         reserved = sorted(k for k in self.variables if k.startswith("RETRAIN_"))
         if reserved:
             raise ValueError(f"variables starting with RETRAIN_ are set by the controller: {', '.join(reserved)}")
         return self
+
+
+PIPELINES: dict[str, type[CommandPipeline] | type[GitlabPipeline]] = {
+    "command": CommandPipeline,
+    "gitlab": GitlabPipeline,
+}
+DEFAULT_RUNNER = "command"
+
+
+def _refuse_foreign_keys(cls: type[BaseModel], data: Any) -> Any:
+    """A key of another runner (e.g. `project` under the command runner) is a mistake worth naming as such."""
+    if not isinstance(data, dict):
+        return data
+    runner = next(name for name, model in PIPELINES.items() if model is cls)
+    for other, model in PIPELINES.items():
+        foreign = [k for k in data if isinstance(k, str) and k not in cls.model_fields and k in model.model_fields]
+        if foreign:
+            keys = ", ".join(f"`{k}`" for k in foreign)
+            verb = "is a setting" if len(foreign) == 1 else "are settings"
+            raise ValueError(f"{keys} {verb} of the {other} runner, not of the {runner} runner this pipeline uses "
+                             f"(`runner: {other}` selects it)")  # fmt: skip
+    return data
+
+
+def _runner_of(value: Any) -> str:
+    if isinstance(value, dict):
+        runner = value.get("runner", DEFAULT_RUNNER)
+        return runner if isinstance(runner, str) else ""
+    return str(getattr(value, "runner", DEFAULT_RUNNER))
+
+
+# One class per runner, chosen by `runner` (the command runner when it is left out).
+PipelineSettings = Annotated[
+    Annotated[CommandPipeline, Tag("command")] | Annotated[GitlabPipeline, Tag("gitlab")],
+    Discriminator(
+        _runner_of,
+        custom_error_type="unknown_runner",
+        custom_error_message=f"`runner` must be one of {', '.join(PIPELINES)} (default {DEFAULT_RUNNER})",
+    ),
+]
 
 
 class StepSettings(_Strict):
@@ -205,6 +269,13 @@ class GuardrailSettings(_Strict):
         if (self.max is None) == (self.min is None):
             raise ValueError("a guardrail needs exactly one of `max` or `min`")
         return self
+
+    def spec(self) -> GuardrailSpec:
+        if self.max is not None:
+            return GuardrailSpec(self.name, self.query, self.max, Direction.MAX, self.breaches)
+        if self.min is not None:
+            return GuardrailSpec(self.name, self.query, self.min, Direction.MIN, self.breaches)
+        raise AssertionError("validated: exactly one of max or min")  # pragma: no cover
 
 
 class AnalysisSettings(_Strict):
@@ -252,6 +323,29 @@ class ModelSettings(_Strict):
         if self.canary is not None and self.analysis is None:
             raise ValueError("a model with `canary` needs `analysis` (how to judge it)")
         return self
+
+    def canary_spec(self) -> CanarySpec | None:
+        """This model's canary in the core's plain values, or None without one."""
+        if self.canary is None or self.analysis is None:
+            return None
+        c, a = self.canary, self.analysis
+        return CanarySpec(
+            plan=CanaryPlan(
+                steps=tuple(Step(s.weight, s.min_duration) for s in c.steps),
+                total_replicas=c.total_replicas,
+                interval=a.interval,
+                max_bad_looks=a.max_no_data,
+                min_step_trials=a.min_trials,
+            ),
+            judge=JudgeConfig(tolerance=a.tolerance, indifference=a.indifference, alpha=a.alpha, beta=a.beta,
+                              min_trials=a.min_trials, overdispersion=a.overdispersion),  # fmt: skip
+            hits=a.hits,
+            trials=a.trials,
+            track_label=a.track_label,
+            units=a.units,
+            ready_timeout=c.ready_timeout,
+            guardrails=tuple(g.spec() for g in a.guardrails),
+        )
 
     @field_validator("matchers")
     @classmethod
@@ -323,6 +417,15 @@ class Settings(_Strict):
             max_concurrent=self.policy.max_concurrent_runs,
         )
 
+    def canary_specs(self) -> dict[str, CanarySpec]:
+        """The canary of every model that has one, in the core's plain values."""
+        return {m.name: spec for m in self.models if (spec := m.canary_spec()) is not None}
+
+    def canary_spec(self, name: str) -> CanarySpec | None:
+        """The canary of one model; None when it has none or there is no such model."""
+        m = self.model(name)
+        return m.canary_spec() if m is not None else None
+
 
 class ConfigError(Exception):
     """Every problem found, one readable line each."""
@@ -375,7 +478,10 @@ def load_secrets(env: Mapping[str, str]) -> tuple[Secrets, list[str]]:
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    parts = err["loc"]
+    # Errors inside a pipeline carry the runner's tag (models.0.pipeline.gitlab.project): drop it.
+    parts = [p for i, p in enumerate(parts) if not (i and parts[i - 1] == "pipeline" and p in PIPELINES)]
+    loc = ".".join(str(p) for p in parts) or "(top level)"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -437,6 +543,8 @@ def _missing_secrets(secrets: Secrets, settings: Settings | None) -> list[str]:
                 "with a per-run token derived from it"
             )
         for m in settings.models if settings else []:
+            if not isinstance(m.pipeline, GitlabPipeline):
+                continue
             f = m.pipeline.trigger_token_file
             if f is not None and not (f.is_file() and f.read_text().strip()):
                 problems.append(f"models.{m.name}.pipeline.trigger_token_file: {f} is missing or empty")
