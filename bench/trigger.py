@@ -3,7 +3,7 @@
 Run by hand:  .venv/bin/python bench/trigger.py          (about half a minute)
 
 The controller runs as a subprocess with the GitLab runner; GitLab is the protocol-faithful stand-in from
-tests/fakes/gitlab.py, served from this process, driven by the controller through python-gitlab.
+tests/fakes/gitlab/, served from this process, driven by the controller through python-gitlab.
 
   1. latency: one alert at a time, for GitLab answering at once and with 100 ms added to every request; time from
      the POST to Alertmanager's endpoint to the moment the stand-in recorded the pipeline. The baseline, in the

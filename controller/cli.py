@@ -198,12 +198,12 @@ def _show_run(data: dict[str, Any]) -> str:
         f"run {r['id']}  model {r['model']}  phase {r['phase']}  trigger {r['trigger']}",
         f"reasons: {', '.join(r['reasons']) or '-'}",
         f"image: {r['image'] or '-'}",
-        f"pipeline: {r['pipeline_url'] or r['pipeline_id'] or '-'}",
+        f"pipeline: {r['pipeline']['url'] or r['pipeline']['id'] or '-'}",
         "history:",
     ]
     for h in data["history"]:
         lines.append(f"  {h['at']}  {h['from'] or '-':>12} -> {h['to']:<12}  {h['cause']}")
-    audit = r.get("extra", {}).get("audit") or []
+    audit = data.get("audit") or []
     if audit:
         lines.append("operator actions:")
         for a in audit:

@@ -7,8 +7,12 @@ from datetime import datetime
 from typing import Any, Mapping, Protocol
 
 from controller.core.alerts import Alert
+from controller.core.canary import DeploymentStatus, RolloutStatus
 from controller.core.policy import Decision, PolicyState
 from controller.core.runs import Phase, Run, Transition
+from controller.core.state import AuditEntry, ModelAuditEntry, ModelControl
+
+__all__ = ["DeploymentStatus", "RolloutStatus"]  # Rollout's answers are core types, re-exported for adapters
 
 
 class Clock(Protocol):
@@ -84,8 +88,49 @@ class ReadStore(Protocol):
     async def counts_by_phase(self) -> dict[str, int]: ...
 
 
-class Store(IntakeStore, RunStore, ReadStore, Protocol):
-    """What the controller needs of a store: all three faces."""
+class OpsStore(Protocol):
+    """Operator actions: runs started by hand, model pauses, and the audit trails of both."""
+
+    async def create_run(self, run: Run, transition: Transition) -> None: ...
+
+    async def audit_run(self, run_id: str, entry: AuditEntry) -> None: ...
+
+    async def model_controls(self) -> dict[str, ModelControl]: ...
+
+    async def set_model_paused(
+        self, model: str, paused: bool, by: str, reason: str, at: datetime
+    ) -> tuple[bool, ModelControl]:
+        """(changed, the control now); audited whether or not it changed."""
+        ...
+
+    async def audit_model(self, model: str, action: str, by: str, reason: str, at: datetime,
+                          run_id: str | None = None, changed: bool = True) -> None: ...  # fmt: skip
+
+
+class ViewStore(Protocol):
+    """What the page, the API and the CLI read beyond ReadStore."""
+
+    async def run_audit(self, run_id: str) -> list[AuditEntry]: ...
+
+    async def model_audit(self, model: str, limit: int = 20) -> list[ModelAuditEntry]: ...
+
+    async def last_run_in(self, model: str, phases: frozenset[Phase]) -> Run | None: ...
+
+    async def list_runs_page(self, limit: int, offset: int = 0, model: str | None = None) -> list[Run]: ...
+
+
+class HealthStore(Protocol):
+    async def check_writable(self) -> None:
+        """A real write with a short lock wait; raises StoreUnavailable."""
+        ...
+
+
+class Store(IntakeStore, RunStore, ReadStore, OpsStore, ViewStore, HealthStore, Protocol):
+    """What the service needs of a store: every face. Each room is handed only the faces it uses."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class PipelineError(Exception):
@@ -123,6 +168,10 @@ class PipelineStatus:
 
 
 class PipelineRunner(Protocol):
+    # After a create that may have landed (a timeout), how long `find` may still miss the pipeline it made:
+    # no second create within this window. 0 for a runner whose creates are never in doubt.
+    create_settle_s: float
+
     async def find(self, request: PipelineRequest) -> PipelineRef | None:
         """The pipeline already started for this run, if any (how we stay at exactly one per run)."""
         ...
@@ -181,24 +230,6 @@ class QueryResult:
 
 class MetricsSource(Protocol):
     async def query(self, promql: str) -> QueryResult: ...
-
-
-@dataclass(frozen=True)
-class DeploymentStatus:
-    """What the API server says of one Deployment. `settled`: the controller has seen the latest spec
-    (observedGeneration) and every desired replica is updated and ready."""
-
-    image: str | None
-    replicas: int
-    ready_replicas: int
-    updated_replicas: int
-    settled: bool
-
-
-@dataclass(frozen=True)
-class RolloutStatus:
-    stable: DeploymentStatus
-    canary: DeploymentStatus
 
 
 class RolloutError(Exception):

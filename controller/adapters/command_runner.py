@@ -30,6 +30,8 @@ _KEPT = 1000
 
 
 class CommandRunner:
+    create_settle_s = 0.0  # a create is a local fork: never in doubt
+
     def __init__(
         self,
         command: list[str],

@@ -17,12 +17,30 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from controller.core.alerts import Alert, format_ts
 from controller.core.policy import Decision, Kind, ModelState, PolicyState
-from controller.core.runs import Phase, Run, Transition
+from controller.core.runs import Phase, Run, Transition, details_from_json
+from controller.core.state import AuditEntry, ModelAuditEntry, ModelControl
 from controller.ports import NotificationRecord, StoreUnavailable
 
 T = TypeVar("T")
 
-MIGRATIONS: list[str] = [
+def _typed_run_state(db: sqlite3.Connection) -> None:
+    """Schema 5: run audit gets its own table, and each run's loose `extra` keys become its typed details."""
+    db.execute(
+        "CREATE TABLE run_audit (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, at TEXT NOT NULL,"
+        " action TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL, changed INTEGER NOT NULL,"
+        " detail TEXT NOT NULL, retry_of TEXT, new_run TEXT)"
+    )
+    db.execute("CREATE INDEX run_audit_run ON run_audit(run_id, id)")
+    db.execute("ALTER TABLE runs RENAME COLUMN extra TO details")
+    for row in db.execute("SELECT * FROM runs").fetchall():
+        legacy = json.loads(row["details"])
+        for item in legacy.get("audit") or ():
+            _insert_audit(db, row["id"], AuditEntry.from_json(item))
+        run = _run(row)
+        db.execute("UPDATE runs SET details = ? WHERE id = ?", (json.dumps(run.details_json(), sort_keys=True), run.id))
+
+
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: the first schema
     """
     CREATE TABLE notifications (
@@ -133,6 +151,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE decisions ADD COLUMN generator_url TEXT NOT NULL DEFAULT '';
     ALTER TABLE notifications ADD COLUMN external_url TEXT NOT NULL DEFAULT ''
     """,
+    # 5: typed run state
+    _typed_run_state,
 ]
 
 URL_MAX = 2048  # a URL longer than this is not a link anyone follows; it is cut, not refused
@@ -190,9 +210,12 @@ class SqliteStore:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                if callable(script):
+                    script(db)
+                else:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
                 db.execute("COMMIT")
             except BaseException:
@@ -388,13 +411,13 @@ class SqliteStore:
     def _insert_run(self, db: sqlite3.Connection, run: Run) -> None:
         db.execute(
             "INSERT INTO runs (id, model, phase, trigger, reasons, created_at, phase_entered_at, deadline_at,"
-            " ended_at, cause, dry_run, pipeline_id, pipeline_url, image, extra)"
+            " ended_at, cause, dry_run, pipeline_id, pipeline_url, image, details)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run.id, run.model, run.phase.value, run.trigger, json.dumps(list(run.reasons)),
                 _ts(run.created_at), _ts(run.phase_entered_at), _ts(run.deadline_at), _ts(run.ended_at),
                 run.cause, int(run.dry_run), run.pipeline_id, run.pipeline_url, run.image,
-                json.dumps(dict(run.extra), sort_keys=True),
+                json.dumps(run.details_json(), sort_keys=True),
             ),
         )  # fmt: skip
 
@@ -402,10 +425,10 @@ class SqliteStore:
         # Reasons are not written here: joins add them concurrently, and a stale copy must not erase them.
         cur = db.execute(
             "UPDATE runs SET phase = ?, phase_entered_at = ?, deadline_at = ?, ended_at = ?, cause = ?,"
-            " pipeline_id = ?, pipeline_url = ?, image = ?, extra = ? WHERE id = ? AND phase = ?",
+            " pipeline_id = ?, pipeline_url = ?, image = ?, details = ? WHERE id = ? AND phase = ?",
             (
                 run.phase.value, _ts(run.phase_entered_at), _ts(run.deadline_at), _ts(run.ended_at), run.cause,
-                run.pipeline_id, run.pipeline_url, run.image, json.dumps(dict(run.extra), sort_keys=True),
+                run.pipeline_id, run.pipeline_url, run.image, json.dumps(run.details_json(), sort_keys=True),
                 run.id, expected.value,
             ),
         )  # fmt: skip
@@ -555,16 +578,24 @@ class SqliteStore:
 
         await self._call(self._tx, body)
 
-    async def model_controls(self) -> dict[str, dict[str, Any]]:
+    async def audit_run(self, run_id: str, entry: AuditEntry) -> None:
+        await self._call(self._tx, lambda db: _insert_audit(db, run_id, entry))
+
+    async def run_audit(self, run_id: str) -> list[AuditEntry]:
+        rows = await self._call(self._query, "SELECT * FROM run_audit WHERE run_id = ? ORDER BY id", (run_id,))
+        return [AuditEntry(_parse(r["at"]), r["action"], r["by"], r["reason"], bool(r["changed"]), r["detail"],
+                           r["retry_of"], r["new_run"]) for r in rows]  # fmt: skip
+
+    async def model_controls(self) -> dict[str, ModelControl]:
         rows = await self._call(self._query, "SELECT * FROM model_controls")
         return {r["model"]: _control(r) for r in rows}
 
     async def set_model_paused(
         self, model: str, paused: bool, by: str, reason: str, at: datetime
-    ) -> tuple[bool, dict[str, Any]]:
+    ) -> tuple[bool, ModelControl]:
         """Pause or resume a model, audited; (changed, the control now). Doing it twice changes nothing."""
 
-        def body(db: sqlite3.Connection) -> tuple[bool, dict[str, Any]]:
+        def body(db: sqlite3.Connection) -> tuple[bool, ModelControl]:
             row = db.execute("SELECT * FROM model_controls WHERE model = ?", (model,)).fetchone()
             was = bool(row["paused"]) if row else False
             changed = was != paused
@@ -578,7 +609,7 @@ class SqliteStore:
                 (model, _ts(at), "pause" if paused else "resume", by, reason, int(changed)),
             )
             now = db.execute("SELECT * FROM model_controls WHERE model = ?", (model,)).fetchone()
-            return changed, _control(now) if now else {"paused": False, "by": None, "at": None, "reason": ""}
+            return changed, _control(now) if now else ModelControl(False)
 
         return await self._call(self._tx, body)
 
@@ -592,13 +623,14 @@ class SqliteStore:
 
         await self._call(self._tx, body)
 
-    async def model_audit(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+    async def model_audit(self, model: str, limit: int = 20) -> list[ModelAuditEntry]:
         rows = await self._call(
             self._query,
             "SELECT at, action, by, reason, changed, run_id FROM model_audit WHERE model = ? ORDER BY id DESC LIMIT ?",
             (model, limit),
         )
-        return [{**dict(r), "changed": bool(r["changed"])} for r in rows]
+        return [ModelAuditEntry(_parse(r["at"]), r["action"], r["by"], r["reason"], bool(r["changed"]), r["run_id"])
+                for r in rows]  # fmt: skip
 
     async def last_run_in(self, model: str, phases: frozenset[Phase]) -> Run | None:
         """The newest run of a model in one of `phases` (indexed by model, phase, seq)."""
@@ -622,8 +654,8 @@ class SqliteStore:
         return [_run(r) for r in rows]
 
 
-def _control(row: sqlite3.Row) -> dict[str, Any]:
-    return {"paused": bool(row["paused"]), "by": row["by"], "at": row["at"], "reason": row["reason"]}
+def _control(row: sqlite3.Row) -> ModelControl:
+    return ModelControl(bool(row["paused"]), row["by"], _parse(row["at"]), row["reason"])
 
 
 def _run(row: sqlite3.Row) -> Run:
@@ -642,5 +674,13 @@ def _run(row: sqlite3.Row) -> Run:
         pipeline_id=row["pipeline_id"],
         pipeline_url=row["pipeline_url"],
         image=row["image"],
-        extra=json.loads(row["extra"]),
+        **details_from_json(json.loads(row["details"])),
+    )
+
+
+def _insert_audit(db: sqlite3.Connection, run_id: str, e: AuditEntry) -> None:
+    db.execute(
+        "INSERT INTO run_audit (run_id, at, action, by, reason, changed, detail, retry_of, new_run)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (run_id, _ts(e.at), e.action, e.by, e.reason, int(e.changed), e.detail, e.retry_of, e.new_run),
     )

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from controller.core.runs import Phase, Run
+from controller.core.state import Stage
 
 # <registry>[:port]/<repository path>@sha256:<64 hex>: pinned by digest, never by a mutable tag.
 IMAGE_REF = re.compile(
@@ -71,21 +72,31 @@ _BEFORE_DEPLOY = (Phase.TRIGGERING, Phase.TRAINING)
 
 @dataclass(frozen=True)
 class Effect:
-    """What an event does: `move` to a phase, `record` fields only, `noop`, or `conflict` (HTTP 409)."""
+    """What an event does: `move` to a phase, `record` fields only, `noop`, or `conflict` (HTTP 409).
+
+    `apply` gives the run with what the event records (stages, image); the caller applies it to the stored copy."""
 
     kind: Literal["move", "record", "noop", "conflict"]
     detail: str
     to: Phase | None = None
-    changes: dict[str, object] | None = None
+    stage: Stage | None = None
+    image: str | None = None
+    offline_metrics: dict[str, float] | None = None
+
+    def apply(self, run: Run) -> Run:
+        if self.stage is not None and self.stage not in run.stages:
+            run = replace(run, stages=run.stages + (self.stage,))
+        if self.image is not None:
+            run = replace(run, image=self.image, offline_metrics=dict(self.offline_metrics or {}))
+        return run
 
 
 def effect_of(run: Run, event: StageEvent | ImageEvent | FailedEvent) -> Effect:
     if isinstance(event, StageEvent):
-        stages = list(run.extra.get("stages", []))  # type: ignore[call-overload]
-        entry = {"stage": event.stage, "status": event.status, "detail": event.detail}
-        if entry in stages:
+        entry = Stage(event.stage, event.status, event.detail)
+        if entry in run.stages:
             return Effect("noop", "stage already recorded")
-        return Effect("record", f"stage {event.stage} {event.status}", changes={"stages": stages + [entry]})
+        return Effect("record", f"stage {event.stage} {event.status}", stage=entry)
     if isinstance(event, ImageEvent):
         if run.image == event.image:
             return Effect("noop", "image already recorded")
@@ -93,10 +104,9 @@ def effect_of(run: Run, event: StageEvent | ImageEvent | FailedEvent) -> Effect:
             return Effect("conflict", f"run already has image {run.image}")
         if run.phase not in _BEFORE_DEPLOY:
             return Effect("conflict", f"run is {run.phase}; an image is only taken before deploying")
-        changes: dict[str, object] = {"image": event.image, "offline_metrics": event.metrics}
-        if run.phase is Phase.TRAINING:
-            return Effect("move", f"pipeline reported image {event.image}", Phase.DEPLOYING, changes)
-        return Effect("record", f"pipeline reported image {event.image}", changes=changes)
+        detail = f"pipeline reported image {event.image}"
+        to = Phase.DEPLOYING if run.phase is Phase.TRAINING else None
+        return Effect("move" if to else "record", detail, to, image=event.image, offline_metrics=dict(event.metrics))
     if run.phase not in _BEFORE_DEPLOY:
         return Effect("noop", f"run is {run.phase}; pipeline failure ignored")
     where = f" in {event.stage}" if event.stage else ""

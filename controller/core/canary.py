@@ -118,3 +118,41 @@ class CanarySpec:
         """Counter reads (range selectors, see COUNTER_WINDOW) by the name the judge's Arm gives them."""
         named = {"hits": self.hits, "trials": self.trials, **({"units": self.units} if self.units else {})}
         return {name: f"{selector}[{COUNTER_WINDOW}]" for name, selector in named.items()}
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    """What the API server says of one Deployment. `settled`: the controller has seen the latest spec
+    (observedGeneration) and every desired replica is updated and ready."""
+
+    image: str | None
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    settled: bool
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    stable: DeploymentStatus
+    canary: DeploymentStatus
+
+
+def unfit(canary: DeploymentStatus, image: str | None, replicas: int) -> str:
+    """Why the canary is not fit to be judged right now; "" when it is."""
+    if canary.image != image:
+        return f"canary unhealthy: it runs {canary.image}, not {image}"
+    if canary.replicas != replicas or canary.ready_replicas < replicas:
+        return f"canary unhealthy: {canary.ready_replicas}/{replicas} pod(s) ready"
+    return ""
+
+
+def stable_on(status: RolloutStatus, image: str) -> bool:
+    """Stable runs `image` on every pod, all ready."""
+    s = status.stable
+    return s.image == image and s.settled and s.ready_replicas == s.replicas
+
+
+def promoted(status: RolloutStatus, image: str) -> bool:
+    """Stable runs `image` everywhere and the canary has no pods left."""
+    return stable_on(status, image) and status.canary.replicas == 0 and status.canary.settled

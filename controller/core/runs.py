@@ -8,9 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Mapping
+from typing import Any, Mapping
 
 from controller.core.durations import format_duration
+from controller.core.judge import Verdict
+from controller.core.state import (
+    CanaryState,
+    Json,
+    Look,
+    Pause,
+    Stage,
+    TriggerAttempts,
+    verdict_from_json,
+    verdict_to_json,
+)
 
 
 class Phase(StrEnum):
@@ -95,11 +106,73 @@ class Run:
     pipeline_id: str | None = None
     pipeline_url: str | None = None
     image: str | None = None
-    extra: Mapping[str, object] = field(default_factory=dict)
+    # What the run carries beside its phase (stored as one JSON document, see details_json).
+    attempts: TriggerAttempts = TriggerAttempts()
+    stages: tuple[Stage, ...] = ()
+    offline_metrics: Mapping[str, float] = field(default_factory=dict)
+    pause: Pause | None = None
+    previous_image: str | None = None  # what stable ran when the canary started
+    restore_stable: str | None = None  # set when a promotion's stable never became ready: roll stable back to it
+    canary: CanaryState | None = None
+    verdict: Verdict | None = None  # the latest look's
+    looks: tuple[Look, ...] = ()  # the newest MAX_LOOKS
+    retry_of: str | None = None
+    manual_reason: str | None = None
 
     @property
     def live(self) -> bool:
         return not self.phase.terminal
+
+    @property
+    def paused(self) -> bool:
+        """Held by an operator: only a canary that is deploying or analyzing can be."""
+        return self.pause is not None and self.phase in (Phase.DEPLOYING, Phase.ANALYZING)
+
+    def details_json(self) -> Json:
+        """The fields beside the columns, as the store keeps them."""
+        out: Json = {
+            "trigger_attempts": self.attempts.to_json(),
+            "stages": [s.to_json() for s in self.stages],
+            "offline_metrics": dict(self.offline_metrics),
+            "pause": self.pause.to_json() if self.pause else None,
+            "previous_image": self.previous_image,
+            "restore_stable": self.restore_stable,
+            "canary": self.canary.to_json() if self.canary else None,
+            "verdict": verdict_to_json(self.verdict) if self.verdict else None,
+            "looks": [look.to_json() for look in self.looks],
+            "retry_of": self.retry_of,
+            "manual_reason": self.manual_reason,
+        }
+        return {k: v for k, v in out.items() if v not in (None, [], {})}
+
+
+def details_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Run fields from what `details_json` wrote, or from a schema-4 store's loose `extra` keys."""
+    attempts = data.get("trigger_attempts")
+    if isinstance(attempts, Mapping):
+        tries = TriggerAttempts.from_json(attempts)
+    else:  # schema 4: a count, and the time of the last one beside it
+        tries = TriggerAttempts.from_json({"count": attempts, "last_at": data.get("trigger_attempt_at")})
+    pause = data.get("pause")
+    if isinstance(pause, Mapping):
+        paused = Pause.from_json(pause)
+    else:  # schema 4: a flag and its time
+        paused = Pause.from_json({"since": data.get("paused_at")}) if data.get("paused") else None
+    looks = data.get("looks", data.get("measurements"))
+    canary, verdict = data.get("canary"), data.get("verdict")
+    return {
+        "attempts": tries,
+        "stages": tuple(Stage.from_json(s) for s in data.get("stages") or () if isinstance(s, Mapping)),
+        "offline_metrics": {str(k): float(v) for k, v in (data.get("offline_metrics") or {}).items()},
+        "pause": paused,
+        "previous_image": data.get("previous_image") or None,
+        "restore_stable": data.get("restore_stable") or None,
+        "canary": CanaryState.from_json(canary) if isinstance(canary, Mapping) and canary else None,
+        "verdict": verdict_from_json(verdict) if isinstance(verdict, Mapping) and verdict else None,
+        "looks": tuple(Look.from_json(m) for m in looks or () if isinstance(m, Mapping)),
+        "retry_of": data.get("retry_of") or None,
+        "manual_reason": data.get("manual_reason") or None,
+    }
 
 
 def _deadline(phase: Phase, now: datetime, deadlines: Mapping[Phase, timedelta]) -> datetime | None:
@@ -137,7 +210,7 @@ def new_run(
 
 
 def transition(
-    run: Run, to: Phase, cause: str, now: datetime, deadlines: Mapping[Phase, timedelta], **changes: object
+    run: Run, to: Phase, cause: str, now: datetime, deadlines: Mapping[Phase, timedelta]
 ) -> tuple[Run, Transition]:
     if not cause:
         raise IllegalTransition("every transition needs a cause")
@@ -150,7 +223,6 @@ def transition(
         deadline_at=_deadline(to, now, deadlines),
         ended_at=now if to.terminal else None,
         cause=cause,
-        **changes,  # type: ignore[arg-type]
     )
     return updated, Transition(run.id, now, run.phase, to, cause)
 

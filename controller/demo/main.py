@@ -171,7 +171,8 @@ class Demo:
             raise Interrupted()
 
     async def _start_controller(self, sim: Simulation, port: int, prom_port: int, token: str) -> web.AppRunner:
-        from controller.app import build_adapters, create_app
+        from controller.app import create_app
+        from controller.bootstrap import build_adapters
         from controller.config import load_settings
         from controller.observability import setup_logging
         from controller.web.server import quiet_protocol_errors, server_options
@@ -228,9 +229,9 @@ class Demo:
 
     async def _watch(self, runner: web.AppRunner, prom_port: int) -> None:
         """Tells what happens (alerts in Prometheus, decisions, phases, verdicts) and ends the --once story."""
-        from controller.app import CONTROLLER
+        from controller.app import SERVICE
 
-        store = runner.app[CONTROLLER].store
+        store = runner.app[SERVICE].views.store
         alerts_seen: dict[str, str] = {}
         decisions_seen: set[int] = set()
         phases: dict[str, str] = {}
@@ -275,7 +276,7 @@ class Demo:
                 expect = "rolled_back" if self.opts.bad_model else "promoted"
                 self.result.story = check(run, history, decisions, expect)
                 self.result.run_id = run.id
-                self.result.offline = {k: float(v) for k, v in dict(run.extra.get("offline_metrics") or {}).items()}  # type: ignore[call-overload]
+                self.result.offline = dict(run.offline_metrics)
                 return
 
     async def _prometheus_alerts(self, http: aiohttp.ClientSession, port: int, seen: dict[str, str]) -> None:
@@ -304,7 +305,7 @@ class Demo:
             phases[run.id] = run.phase.value
             reasons = f" for {','.join(run.reasons)}" if old is None else ""
             self.say(f"run {short}: {old + ' -> ' if old else ''}{run.phase.value}{reasons}: {run.cause}")
-            metrics = dict(run.extra.get("offline_metrics") or {})
+            metrics = dict(run.offline_metrics)
             if run.phase.value == "deploying" and metrics:
                 k = next((m for m in metrics if m.startswith("precision_at_") and m.endswith("_new")), None)
                 if k:
@@ -314,7 +315,7 @@ class Demo:
 
     def _narrate_looks(self, run: Any, short: str, looks: dict[str, int]) -> None:
         # One line per look only when its step or verdict changes: a look a second would drown the story.
-        measurements = list(run.extra.get("measurements") or [])
+        measurements = [look.to_json() for look in run.looks]
         for m in measurements[looks.get(run.id, 0):]:
             said = (m["step"], m["verdict"])
             if said != self._last_look.get(run.id):

@@ -72,14 +72,15 @@ def _pipeline(run: Run, phases: list[Phase]) -> Chapter:
 
 
 def _analysis(run: Run, phases: list[Phase]) -> Chapter:
-    looks = list(run.extra.get("measurements") or [])  # type: ignore[call-overload]
+    looks = run.looks
     if Phase.ANALYZING not in phases:
         return Chapter("canary analysis", False, f"the canary was never analysed (phases: {_names(phases)})")
     if not looks:
         return Chapter("canary analysis", False, "no verdict was recorded")
     counts: dict[str, int] = {}
     for look in looks:
-        counts[str(look.get("verdict"))] = counts.get(str(look.get("verdict")), 0) + 1
+        outcome = look.verdict.outcome.value
+        counts[outcome] = counts.get(outcome, 0) + 1
     return Chapter("canary analysis", True, f"{len(looks)} looks: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
 
 
@@ -89,9 +90,9 @@ def _ending(run: Run, history: Sequence[Transition], expect: str) -> Chapter:
         return Chapter(expect, False, f"expected {_names(_PATHS[expect])}, got {_names(phases)}")
     if any(b.at < a.at for a, b in zip(history, history[1:])):
         return Chapter(expect, False, "transitions out of time order")
-    verdict = dict(run.extra.get("verdict") or {})  # type: ignore[call-overload]
-    if verdict.get("outcome") != _FINAL_VERDICT[expect]:
-        return Chapter(expect, False, f"the last verdict was {verdict.get('outcome')}, not {_FINAL_VERDICT[expect]}")
+    outcome = run.verdict.outcome.value if run.verdict else None
+    if outcome != _FINAL_VERDICT[expect]:
+        return Chapter(expect, False, f"the last verdict was {outcome}, not {_FINAL_VERDICT[expect]}")
     return Chapter(expect, True, f"{run.cause}")
 
 

@@ -67,7 +67,7 @@ async def post_alerts(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return _reject(request, "invalid", 400, "invalid payload", _field_errors(exc))
     try:
-        decisions = await ctx.controller.handle_notification(notification, text)
+        decisions = await ctx.service.intake.handle_notification(notification, text)
     except StoreUnavailable as exc:
         # 5xx makes Alertmanager retry; the retry is recognised as the same episode.
         return _reject(request, "store_unavailable", 503, "could not record the notification", str(exc),

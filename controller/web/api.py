@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
-
 from aiohttp import web
 
-from controller.core.alerts import format_ts
-from controller.core.runs import Phase, Run
+from controller.core.runs import Phase
 from controller.web.common import CTX, error, json_ok
 
 MAX_LIMIT = 500
@@ -23,47 +19,21 @@ def _limit(request: web.Request, default: int = 50) -> int:
     return int(raw)
 
 
-def run_json(run: Run) -> dict[str, Any]:
-    out = asdict(run)
-    out["phase"] = run.phase.value
-    out["reasons"] = list(run.reasons)
-    for key in ("created_at", "phase_entered_at", "deadline_at", "ended_at"):
-        value = getattr(run, key)
-        out[key] = format_ts(value) if value else None
-    return out
-
-
 async def list_runs(request: web.Request) -> web.Response:
     phase = request.query.get("phase")
     if phase is not None and phase not in {p.value for p in Phase}:
         return error(400, "bad phase", f"phase must be one of {', '.join(p.value for p in Phase)}")
-    runs = await request.app[CTX].store.list_runs(_limit(request), model=request.query.get("model"), phase=phase)
-    return json_ok({"runs": [run_json(r) for r in runs]})
+    ctx = request.app[CTX]
+    runs = await ctx.store.list_runs(_limit(request), model=request.query.get("model"), phase=phase)
+    return json_ok({"runs": [ctx.service.views.run_json(r) for r in runs]})
 
 
 async def get_run(request: web.Request) -> web.Response:
-    store = request.app[CTX].store
     run_id = request.match_info["run_id"]
-    run = await store.get_run(run_id)
-    if run is None:
+    detail = await request.app[CTX].service.views.run_detail(run_id, MAX_LIMIT)
+    if detail is None:
         return error(404, "unknown run", run_id)
-    history = await store.history(run_id)
-    decisions = await store.list_decisions(MAX_LIMIT, run_id=run_id)
-    return json_ok(
-        {
-            "run": run_json(run),
-            "history": [
-                {
-                    "at": format_ts(t.at),
-                    "from": t.from_phase.value if t.from_phase else None,
-                    "to": t.to_phase.value,
-                    "cause": t.cause,
-                }
-                for t in history
-            ],
-            "alerts": decisions,
-        }
-    )
+    return json_ok(detail)
 
 
 async def list_alerts(request: web.Request) -> web.Response:
@@ -73,5 +43,5 @@ async def list_alerts(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    models = await ctx.controller.models_status()
+    models = await ctx.service.views.models_status()
     return json_ok({"models": models, "max_concurrent_runs": ctx.settings.policy.max_concurrent_runs})

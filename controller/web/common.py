@@ -8,15 +8,20 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
 from controller.config import Settings
 from controller.observability import Metrics, Throttle, get_logger
-from controller.ports import HookParser
+from controller.ports import Clock, HealthStore, HookParser, ReadStore, RunStore, ViewStore
+from controller.service import Service
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class WebStore(RunStore, ReadStore, ViewStore, HealthStore, Protocol):
+    """The store faces handlers read directly (lists, history, health, webhook replays)."""
 
 
 @dataclass
@@ -24,8 +29,9 @@ class WebContext:
     """What handlers may use; built in app.py."""
 
     settings: Settings
-    controller: Any  # controller.service.Controller
-    store: Any  # the store's read and health faces
+    service: Service
+    store: WebStore
+    clock: Clock
     metrics: Metrics
     parse_hook: HookParser  # reads a CI system's pipeline webhook (GitLab's Pipeline Hook)
     quiet: Throttle = field(default_factory=Throttle)  # rate-limits log lines about rejected requests

@@ -91,7 +91,7 @@ async def _run_action(request: web.Request, action: str) -> web.Response:
         return body
     run_id = request.match_info["run_id"]
     try:
-        result = await request.app[CTX].controller.act_on_run(run_id, action, body.by, body.reason)
+        result = await request.app[CTX].service.operations.act_on_run(run_id, action, body.by, body.reason)
     except UnknownRun:
         return error(404, "unknown run", run_id)
     except (Conflict, RunFinished) as exc:
@@ -106,11 +106,11 @@ async def _model_action(request: web.Request, action: str) -> web.Response:
     if isinstance(body, web.Response):
         return body
     model = request.match_info["model"]
-    controller = request.app[CTX].controller
+    operations = request.app[CTX].service.operations
     try:
         if action == "retrain":
-            return json_ok(await controller.retrain(model, body.by, body.reason), status=201)
-        return json_ok(await controller.set_model_paused(model, action == "pause", body.by, body.reason))
+            return json_ok(await operations.retrain(model, body.by, body.reason), status=201)
+        return json_ok(await operations.set_model_paused(model, action == "pause", body.by, body.reason))
     except UnknownModel:
         return error(404, "unknown model", model)
     except Conflict as exc:

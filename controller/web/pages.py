@@ -1,6 +1,6 @@
 """The status page (GET /) and the run page (GET /runs/{run_id}): server-rendered, read-only, no JavaScript.
 
-Only chosen fields are rendered, never a run's raw `extra`, settings or request headers: no secret can reach a page.
+Only chosen fields are rendered, never a run's stored details, settings or request headers: no secret can reach a page.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from aiohttp import web
 from controller.core.alerts import format_ts, parse_ts
 from controller.core.durations import format_duration
 from controller.core.runs import Phase, Run, held
+from controller.core.state import verdict_to_json
+from controller.service.views import Views
 from controller.web.common import CTX
 
 PAGE_SIZE = 25
@@ -100,19 +102,7 @@ def alert_view(decision: dict[str, Any], now: datetime) -> dict[str, Any]:
             "links": links}  # fmt: skip
 
 
-def _canary_weight(settings: Any, run: Run) -> dict[str, Any] | None:
-    state = run.extra.get("canary")
-    if not isinstance(state, Mapping) or run.phase not in (Phase.DEPLOYING, Phase.ANALYZING, Phase.PROMOTING,
-                                                            Phase.ROLLING_BACK):  # fmt: skip
-        return None
-    model = next((m for m in settings.models if m.name == run.model), None)
-    steps = [s.weight for s in model.canary.steps] if model is not None and model.canary is not None else []
-    step = int(state.get("step") or 0)
-    return {"step": step + 1, "steps": len(steps) or None, "weight": steps[step] if step < len(steps) else None,
-            "stage": state.get("stage")}  # fmt: skip
-
-
-def run_view(run: Run, now: datetime, settings: Any) -> dict[str, Any]:
+def run_view(run: Run, now: datetime, views: Views) -> dict[str, Any]:
     return {
         "id": run.id,
         "model": run.model,
@@ -129,8 +119,8 @@ def run_view(run: Run, now: datetime, settings: Any) -> dict[str, Any]:
         "image": run.image,
         "pipeline_id": run.pipeline_id,
         "pipeline_url": safe_url(run.pipeline_url),
-        "paused": bool(run.extra.get("paused")),
-        "canary": _canary_weight(settings, run),
+        "paused": run.pause is not None,
+        "canary": views.canary_progress(run),
     }
 
 
@@ -191,13 +181,6 @@ def chart(measurements: Sequence[Mapping[str, Any]], tolerance: float, indiffere
     }  # fmt: skip
 
 
-def _analysis(settings: Any, model: str) -> tuple[float, float]:
-    m = next((m for m in settings.models if m.name == model), None)
-    if m is not None and m.analysis is not None:
-        return m.analysis.tolerance, m.analysis.indifference
-    return 0.05, 0.05
-
-
 # ---- handlers -------------------------------------------------------------------------------------------------------
 
 
@@ -212,13 +195,13 @@ def _page(request: web.Request) -> int:
 
 async def status_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    now = ctx.controller.clock.now()
+    now = ctx.clock.now()
     page = _page(request)
-    models = await ctx.controller.models_status()
+    models = await ctx.service.views.models_status()
     live_runs = {r.id: r for r in await ctx.store.runs_in(frozenset(p for p in Phase if not p.terminal))}
     for m in models:
         live = live_runs.get((m.get("live_run") or {}).get("id", ""))
-        m["live"] = run_view(live, now, ctx.settings) if live else None
+        m["live"] = run_view(live, now, ctx.service.views) if live else None
         if m["paused"]:
             m["paused"]["age"] = age(m["paused"]["since"], now)
         if m["rate_limited"]:
@@ -229,7 +212,7 @@ async def status_page(request: web.Request) -> web.Response:
         m["stable_image"] = m.get("stable_image")
     runs = await ctx.store.list_runs_page(PAGE_SIZE + 1, (page - 1) * PAGE_SIZE)
     paused = {m["name"] for m in models if m["paused"]}
-    queue = [{**run_view(r, now, ctx.settings), "held": held(r, paused)}
+    queue = [{**run_view(r, now, ctx.service.views), "held": held(r, paused)}
              for r in live_runs.values() if r.phase is Phase.QUEUED]  # fmt: skip
     active = sum(1 for r in live_runs.values() if r.phase.active)
     decisions = [alert_view(d, now) for d in await ctx.store.list_decisions(DECISIONS_SHOWN)]
@@ -237,7 +220,7 @@ async def status_page(request: web.Request) -> web.Response:
         "now": _utc(now),
         "dry_run": ctx.settings.policy.dry_run,
         "models": models,
-        "runs": [run_view(r, now, ctx.settings) for r in runs[:PAGE_SIZE]],
+        "runs": [run_view(r, now, ctx.service.views) for r in runs[:PAGE_SIZE]],
         "page": page,
         "has_next": len(runs) > PAGE_SIZE,
         "queue": queue,
@@ -250,7 +233,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def run_page(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    now = ctx.controller.clock.now()
+    now = ctx.clock.now()
     run_id = request.match_info["run_id"]
     run = await ctx.store.get_run(run_id)
     if run is None:
@@ -259,28 +242,24 @@ async def run_page(request: web.Request) -> web.Response:
         return response
     history = await ctx.store.history(run_id)
     decisions = [alert_view(d, now) for d in await ctx.store.list_decisions(200, run_id=run_id)]
-    tolerance, indifference = _analysis(ctx.settings, run.model)
-    measurements = run.extra.get("measurements")
-    verdict = run.extra.get("verdict")
-    audit = run.extra.get("audit")
-    stages = run.extra.get("stages")
-    metrics = run.extra.get("offline_metrics")
+    tolerance, indifference = ctx.service.views.band(run.model)
+    audit = await ctx.store.run_audit(run_id)
     context = {
         "now": _utc(now),
-        "run": run_view(run, now, ctx.settings),
+        "run": run_view(run, now, ctx.service.views),
         "timeline": [
             {"at": format_ts(t.at), "age": age(t.at, now), "from": t.from_phase.value if t.from_phase else None,
              "to": t.to_phase.value, "cause": t.cause}
             for t in history
         ],  # fmt: skip
         "decisions": decisions,
-        "chart": chart(measurements if isinstance(measurements, list) else [], tolerance, indifference),
-        "verdict": verdict if isinstance(verdict, Mapping) else None,
-        "audit": [a for a in audit if isinstance(a, Mapping)] if isinstance(audit, list) else [],
-        "stages": stage_rows(stages if isinstance(stages, list) else []),
-        "offline_metrics": dict(metrics) if isinstance(metrics, Mapping) else {},
-        "previous_image": run.extra.get("previous_image"),
-        "retry_of": run.extra.get("retry_of"),
-        "manual_reason": run.extra.get("manual_reason"),
+        "chart": chart([look.to_json() for look in run.looks], tolerance, indifference),
+        "verdict": verdict_to_json(run.verdict) if run.verdict else None,
+        "audit": [a.to_json() for a in audit],
+        "stages": stage_rows([st.to_json() for st in run.stages]),
+        "offline_metrics": dict(run.offline_metrics),
+        "previous_image": run.previous_image,
+        "retry_of": run.retry_of,
+        "manual_reason": run.manual_reason,
     }
     return aiohttp_jinja2.render_template("run.html", request, context)

@@ -51,7 +51,7 @@ async def post_run_event(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return error(400, "invalid event", _fields(exc))
     try:
-        result = await ctx.controller.handle_pipeline_event(run_id, event)
+        result = await ctx.service.pipelines.handle_event(run_id, event)
     except UnknownRun:
         return error(404, "unknown run", run_id)
     except RunFinished as exc:
@@ -85,9 +85,9 @@ async def post_gitlab_hook(request: web.Request) -> web.Response:
     try:
         # Hooks are idempotent, so a replay is processed again harmlessly; the key is remembered only after
         # success, so a delivery that failed half-way is not mistaken for a replay when GitLab retries it.
-        result = await ctx.controller.handle_pipeline_hook(hook.pipeline_id, hook.status, hook.run_id, hook.web_url)
+        result = await ctx.service.pipelines.handle_hook(hook)
         if key:
-            result["replay"] = not await ctx.store.first_delivery(f"gitlab:{key}", ctx.controller.clock.now())
+            result["replay"] = not await ctx.store.first_delivery(f"gitlab:{key}", ctx.clock.now())
     except UnknownRun as exc:
         # Not ours (another pipeline of the project): accept so GitLab does not retry or disable the hook.
         return json_ok({"ignored": f"no run for {exc}"}, status=202)

@@ -7,6 +7,7 @@ from controller.ports import PipelineError, PipelineRef, PipelineRequest, Pipeli
 
 class ScriptedRunner:
     def __init__(self) -> None:
+        self.create_settle_s = 0.0
         self.pipelines: dict[str, PipelineRef] = {}
         self.states: dict[str, PipelineStatus] = {}
         self.trigger_errors: list[PipelineError] = []
