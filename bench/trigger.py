@@ -95,7 +95,7 @@ def post_alert(url: str, model: str) -> None:
         assert resp.status == 200, resp.status
 
 
-class Controller:
+class BenchController:
     def __init__(self, tmp: Path, gitlab_url: str, models: int, cap: int, poll: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -143,7 +143,7 @@ def latency(latency_s: float, n: int) -> dict[str, Any]:
     with fake.serve_in_thread() as gitlab_url, tempfile.TemporaryDirectory() as tmp:
         baseline = direct_creates(fake, gitlab_url, n)
         # Pipelines keep running here, so live runs pile up: poll them at a production-like pace.
-        ctl = Controller(Path(tmp), gitlab_url, n, cap=n, poll="30s")
+        ctl = BenchController(Path(tmp), gitlab_url, n, cap=n, poll="30s")
         try:
             samples = []
             for i in range(n):
@@ -166,7 +166,7 @@ def latency(latency_s: float, n: int) -> dict[str, Any]:
 def throughput(n: int, cap: int) -> dict[str, Any]:
     fake = FakeGitlab()
     with fake.serve_in_thread() as gitlab_url, tempfile.TemporaryDirectory() as tmp:
-        ctl = Controller(Path(tmp), gitlab_url, n, cap, poll="0s")  # polling is what frees the slots here
+        ctl = BenchController(Path(tmp), gitlab_url, n, cap, poll="0s")  # polling is what frees the slots here
         stop = threading.Event()
         most = 0
 

@@ -330,7 +330,7 @@ def _started(output: str) -> list[str]:
 
 
 @dataclass
-class Controller:
+class ControllerProcess:
     url: str
     store: Path
     service: Any
@@ -350,7 +350,7 @@ class Controller:
 
 
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[Controller]:
+def controller(tmp_path: Path) -> Iterator[ControllerProcess]:
     """The real controller; model recsys runs `sleep` as its pipeline (a stand-in for the GitLab pipeline that
     gitlab-ci-local then plays), so the run sits in `training` until the callbacks move it."""
     port = free_port()
@@ -373,13 +373,13 @@ def controller(tmp_path: Path) -> Iterator[Controller]:
                                  {"RETRAIN_CONTROLLER_CALLBACK_SECRET": CALLBACK_SECRET})  # fmt: skip
     service.start()
     try:
-        yield Controller(service.url, store, service)
+        yield ControllerProcess(service.url, store, service)
     finally:
         service.stop()
         kill_process_groups(sorted((store.parent / "pipelines").glob("*/pid")))
 
 
-def _start_run(ctl: Controller, deadline: Deadline) -> tuple[str, dict[str, str]]:
+def _start_run(ctl: ControllerProcess, deadline: Deadline) -> tuple[str, dict[str, str]]:
     """Alertmanager's notification makes a run; the command runner starts it. Returns the run id and the
     variables its pipeline got."""
     answer = ctl.post("/api/v1/alerts", json.loads(NOTIFICATION.read_text()), AM_TOKEN)
@@ -469,7 +469,7 @@ def test_push_pipeline_runs_no_job(model_repo: Path, stubs: Stubs) -> None:
     assert stubs.calls() == []
 
 
-def test_pipeline_reports_image_to_the_controller(model_repo: Path, stubs: Stubs, controller: Controller) -> None:
+def test_pipeline_reports_image_to_the_controller(model_repo: Path, stubs: Stubs, controller: ControllerProcess) -> None:
     deadline = Deadline(PIPELINE_TIMEOUT_S + 60)
     run_id, variables = _start_run(controller, deadline)
 
@@ -549,7 +549,7 @@ def test_pipeline_reports_image_to_the_controller(model_repo: Path, stubs: Stubs
     assert (artifacts / "retrainOgbuild" / "retrain-out" / "image").read_text().strip() == image
 
 
-def test_failed_training_job_fails_the_run(model_repo: Path, stubs: Stubs, controller: Controller) -> None:
+def test_failed_training_job_fails_the_run(model_repo: Path, stubs: Stubs, controller: ControllerProcess) -> None:
     stubs.scenario(job_outcome="Failed", polls_before_done=0)
     deadline = Deadline(PIPELINE_TIMEOUT_S + 60)
     run_id, variables = _start_run(controller, deadline)
@@ -574,7 +574,7 @@ def test_failed_training_job_fails_the_run(model_repo: Path, stubs: Stubs, contr
 # ---- scripts on their own -------------------------------------------------------------------------------------
 
 
-class FakeController:
+class CallbackStub:
     """Answers callbacks from a list of (status, body); records what it was sent."""
 
     def __init__(self, answers: list[tuple[int, dict[str, Any]]]):
@@ -626,7 +626,7 @@ OK = (200, {"run_id": "r1", "phase": "training", "effect": "record"})
 def test_callback_statuses(tmp_path: Path, answers: list[tuple[int, dict[str, Any]]], exit_code: int,
                            requests: int) -> None:  # fmt: skip
     _which("curl", "sh")
-    fake = FakeController(answers)
+    fake = CallbackStub(answers)
     token = "tok-" + "ab" * 30
     try:
         env = {"PATH": os.environ["PATH"], "RETRAIN_CALLBACK_URL": fake.url, "RETRAIN_CALLBACK_TOKEN": token,
@@ -691,7 +691,7 @@ def test_rendering_refuses_unsafe_values(tmp_path: Path, stubs: Stubs) -> None:
 
 def test_a_run_for_another_model_is_refused(tmp_path: Path) -> None:
     """A pipeline triggered for the wrong model stops before it reports or trains anything."""
-    fake = FakeController([OK])
+    fake = CallbackStub([OK])
     try:
         env = {"PATH": os.environ["PATH"], "RETRAIN_OUT": str(tmp_path), "CI_JOB_STAGE": "fetch-data",
                "MODEL_NAME": "recsys", "RETRAIN_MODEL": "search", "RETRAIN_RUN_ID": "0123456789abcdef",

@@ -454,10 +454,10 @@ def kubelet(admin: Any, *names: str, unready: tuple[str, ...] = ()) -> None:
         kube.set_deployment_status(admin, NS, name, ready=0)
 
 
-async def canary_world(tmp_path: Path, make_rollout: Make):  # noqa: ANN201 - tests.unit.service.test_rollouts.World
-    from tests.unit.service.test_rollouts import World
+async def canary_world(tmp_path: Path, make_rollout: Make):  # noqa: ANN201 - tests.unit.service.test_rollouts.CanaryWorld
+    from tests.unit.service.test_rollouts import CanaryWorld
 
-    w = World(tmp_path)
+    w = CanaryWorld(tmp_path)
     w.rollout = make_rollout()
     await w.start()
     return w

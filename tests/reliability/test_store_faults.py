@@ -130,7 +130,7 @@ def volume(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Volume]:
 PIPELINE = 'while [ ! -e "$GO_DIR/$RETRAIN_RUN_ID" ]; do sleep 0.05; done'
 
 
-class Controller:
+class StoreFaultRig:
     def __init__(self, tmp: Path, volume: Volume, max_concurrent: int = 2):
         self.go = tmp / "go"
         self.go.mkdir()
@@ -195,11 +195,11 @@ class Controller:
 
 
 @pytest.fixture
-def start_controller(tmp_path: Path, volume: Volume) -> Iterator[Callable[..., Controller]]:
-    made: list[Controller] = []
+def start_controller(tmp_path: Path, volume: Volume) -> Iterator[Callable[..., StoreFaultRig]]:
+    made: list[StoreFaultRig] = []
 
-    def start(**kw: Any) -> Controller:
-        c = Controller(tmp_path, volume, **kw)
+    def start(**kw: Any) -> StoreFaultRig:
+        c = StoreFaultRig(tmp_path, volume, **kw)
         made.append(c)
         c.service.start()
         return c

@@ -42,7 +42,7 @@ def spec(**kw: object) -> CanarySpec:
     return CanarySpec(**base)  # type: ignore[arg-type]
 
 
-class World:
+class CanaryWorld:
     def __init__(self, tmp_path: Path, canary_spec: CanarySpec | None = None):
         self.settings = load_settings(write_config(tmp_path), SECRETS_ENV)
         self.clock = FakeClock()
@@ -99,7 +99,7 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path):
-    w = World(tmp_path)
+    w = CanaryWorld(tmp_path)
     await w.start()
     yield w
     await w.stop()
@@ -185,7 +185,7 @@ async def test_a_guardrail_breached_two_looks_in_a_row_fails_and_one_spike_is_to
 
 
 async def test_a_guardrail_with_a_limit_of_one_fails_at_once(tmp_path):
-    w = World(tmp_path, spec(guardrails=(GuardrailSpec("error_ratio", GUARD, 0.01, Direction.MAX, breaches=1),)))
+    w = CanaryWorld(tmp_path, spec(guardrails=(GuardrailSpec("error_ratio", GUARD, 0.01, Direction.MAX, breaches=1),)))
     await w.start()
     try:
         run_id = await w.deploying_run()
@@ -285,7 +285,7 @@ async def test_operator_abort_rolls_a_canary_back(world):
 
 
 async def test_a_requests_counter_makes_the_judge_allow_for_correlated_slots(tmp_path):
-    w = World(tmp_path, spec(units='units_total{model="recsys"}', judge=JudgeConfig(min_trials=1000)))
+    w = CanaryWorld(tmp_path, spec(units='units_total{model="recsys"}', judge=JudgeConfig(min_trials=1000)))
     for track in ("stable", "canary"):
         w.source.add("units_total", track, 0)
     await w.start()

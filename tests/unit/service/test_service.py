@@ -22,7 +22,7 @@ from tests.fakes.runner import ScriptedRunner
 from tests.unit.payloads import am_alert, notification
 
 
-class World:
+class IntakeWorld:
     """A controller over a store that outlives it, so tests can restart it."""
 
     def __init__(self, tmp_path: Path, extra_env: dict[str, str] | None = None):
@@ -67,7 +67,7 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path):
-    w = World(tmp_path)
+    w = IntakeWorld(tmp_path)
     await w.start()
     yield w
     await w.stop()
@@ -193,7 +193,7 @@ async def test_rate_limited_episode_starts_a_run_when_the_cooldown_lifts(world):
 
 
 async def test_dry_run_decides_and_records_but_starts_nothing(tmp_path):
-    w = World(tmp_path, {"RETRAIN_CONTROLLER__POLICY__DRY_RUN": "true"})
+    w = IntakeWorld(tmp_path, {"RETRAIN_CONTROLLER__POLICY__DRY_RUN": "true"})
     await w.start()
     try:
         [d] = await w.send(am_alert())
@@ -207,7 +207,7 @@ async def test_dry_run_decides_and_records_but_starts_nothing(tmp_path):
     finally:
         await w.stop()
     # dry-run history does not rate-limit the real controller later
-    w2 = World(tmp_path)
+    w2 = IntakeWorld(tmp_path)
     w2.settings = load_settings(write_config(tmp_path), SECRETS_ENV)
     await w2.start()
     try:
@@ -286,7 +286,7 @@ async def test_a_slow_pipeline_call_holds_up_only_its_own_run(tmp_path):
                 await self.release.wait()
             return await super().trigger(request)
 
-    w = World(tmp_path)
+    w = IntakeWorld(tmp_path)
     w.runner = SlowFirst()
     await w.start()
     w.controller.step_wait = 0.05

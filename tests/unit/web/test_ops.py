@@ -16,7 +16,7 @@ from controller.core.runs import Phase, Run, Transition
 from tests.conftest import SECRETS_ENV, TOKEN, write_config
 from tests.fakes.runner import ScriptedRunner
 from tests.unit.payloads import am_alert, notification
-from tests.unit.service.test_rollouts import World
+from tests.unit.service.test_rollouts import CanaryWorld
 
 ADMIN = SECRETS_ENV["RETRAIN_CONTROLLER_ADMIN_TOKEN"]
 IMAGE = "registry.example/ml/recsys@sha256:" + "0f" * 32
@@ -365,7 +365,7 @@ async def test_retry_is_queued_when_the_cap_is_full(env):
 
 
 async def test_abort_through_the_service_scales_the_canary_to_zero(tmp_path):
-    world = World(tmp_path)
+    world = CanaryWorld(tmp_path)
     await world.start()
     try:
         run_id = await world.deploying_run()

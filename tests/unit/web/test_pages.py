@@ -8,7 +8,7 @@ from dataclasses import replace
 from controller.core.runs import Phase
 from controller.web.pages import chart
 from tests.conftest import SECRETS_ENV
-from tests.unit.service.test_rollouts import EQUAL, WORSE, World
+from tests.unit.service.test_rollouts import EQUAL, WORSE, CanaryWorld
 from tests.unit.web.test_ops import AUTH, make_env
 
 ALL_SECRETS = {
@@ -143,7 +143,7 @@ def test_chart_marks_every_look_and_skips_arms_without_trials():
 async def test_chart_from_a_real_canary_analysis(tmp_path):
     for counts, last in ((EQUAL, "pass"), (WORSE, "fail")):
         (tmp_path / last).mkdir()
-        world = World(tmp_path / last)
+        world = CanaryWorld(tmp_path / last)
         await world.start()
         try:
             run_id = await world.deploying_run()
