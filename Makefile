@@ -18,6 +18,10 @@ $(VENV)/.test-deps: $(VENV)/.deps
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.demo-deps: $(VENV)/.deps
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
 deps: $(VENV)/.deps
 
 test-deps: $(VENV)/.test-deps kube-deps
@@ -46,7 +50,7 @@ run: deps
 		$(BIN)/retrain-controller serve --config $(CONFIG)
 
 ## demo: the whole loop on one machine (installs Prometheus and Alertmanager if missing); Ctrl-C stops it
-demo: deps
+demo: $(VENV)/.demo-deps
 	@if [ -z "$$PROMETHEUS_BIN" ] || [ -z "$$ALERTMANAGER_BIN" ]; then sh tests/infra/install-system-deps.sh demo; fi
 	$(BIN)/retrain-controller demo $(DEMO_ARGS)
 

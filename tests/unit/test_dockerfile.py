@@ -4,6 +4,8 @@
 - structure: two stages on the same pinned base, the final one copies only the builder's venv, installs and
   compiles nothing, runs as uid 10001 (the Deployment's runAsUser), exposes 8080, and its ENTRYPOINT/CMD are the
   Deployment's command line and the ConfigMap's mount path;
+- no numpy in the image: it is the demo's alone (the `demo` extra), the builder installs the wheel without extras,
+  and importing the service (`serve`, `check-config`) loads none;
 - .dockerignore keeps the venv, git, the store and caches out of the context, and keeps what the build COPYs in;
 - the install path the builder stage takes: the build context (only what the Dockerfile COPYs) built into a wheel
   and installed, with its dependencies from the package index, into a clean venv, whose `retrain-controller
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +189,22 @@ def test_entrypoint_cmd_and_port_match_the_deployment(stages: list[Stage], deplo
     assert mounts["config"] == CONFIG_MOUNT
 
 
+def test_the_image_carries_no_numpy(stages: list[Stage]) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = [re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower() for d in project["dependencies"]]
+    assert "numpy" not in runtime, "numpy belongs to the `demo` extra, not to the service"
+    assert any(d.startswith("numpy") for d in project["optional-dependencies"]["demo"])
+    installs = [r for r in stages[0].args("RUN") if "pip install" in r]
+    assert installs
+    for run in installs:
+        assert not re.search(r"\[[\w,\s-]+\]", run) and "numpy" not in run, f"the image asks for extras: {run}"
+    # Nor does the service import it: only `retrain-controller demo` may.
+    code = ("import sys, controller, controller.config, controller.app, controller.cli; controller.cli.parser(); "
+            "sys.exit('numpy' in sys.modules)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"importing the service loads numpy\n{proc.stderr[-2000:]}"
+
+
 def test_dockerignore_keeps_the_context_small_and_complete(stages: list[Stage]) -> None:
     ignored = {
         line.strip().rstrip("/")
@@ -293,6 +312,8 @@ def test_wheel_installs_into_a_clean_venv_and_checks_the_configmap(
     (wheel,) = wheels.glob("retrain_controller-*.whl")
     run([*pip, "install", str(wheel)], tmp_path)
     run([*pip, "check"], tmp_path)
+    no_numpy = "import importlib.util, sys; sys.exit(importlib.util.find_spec('numpy') is not None)"
+    run([str(venv / "bin" / "python"), "-c", no_numpy], tmp_path)  # the demo's dependency stays out of the image
 
     # The installed package, not the work tree, with its templates (package data).
     where = run(
