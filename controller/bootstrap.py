@@ -13,6 +13,7 @@ from controller.adapters.clock import SystemClock
 from controller.adapters.command_runner import CommandRunner
 from controller.adapters.sqlite_store import SqliteStore
 from controller.config import CommandPipeline, GitlabPipeline, Settings
+from controller.core.canary import CanarySpec
 from controller.observability import Metrics
 from controller.ports import Clock, MetricsSource, PipelineRunner, Rollout, Store
 from controller.service import Service
@@ -102,10 +103,12 @@ def build_service(
     metrics: Metrics | None = None,
     new_id: Callable[[], str] = new_run_id,
     step_wait: float | None = None,
+    specs: Mapping[str, CanarySpec] | None = None,
 ) -> Service:
     """The rooms for `settings` over `adapters` (built from settings when None). A model gets a canary room when
     it has a canary in config and a rollout among the adapters. A tick waits `step_wait` seconds for its steps
-    (None: until they are done, as tests want; the app passes the tick interval)."""
+    (None: until they are done, as tests want; the app passes the tick interval). `specs` replaces the canary
+    specs the settings give."""
     adapters = adapters or build_adapters(settings)
     metrics = metrics or Metrics()
     policy, deadlines, dry_run = settings.policy_config(), settings.policy.deadlines, settings.policy.dry_run
@@ -115,7 +118,8 @@ def build_service(
     pipelines = PipelineTracker(ledger, adapters.store, adapters.runners, metrics,
                                 callback_secret=secret.get_secret_value() if secret else None,
                                 callback_base_url=callback_base_url(settings))  # fmt: skip
-    specs = {name: spec for name, spec in settings.canary_specs().items() if name in adapters.rollouts}
+    given = settings.canary_specs() if specs is None else specs
+    specs = {name: spec for name, spec in given.items() if name in adapters.rollouts}
     canaries: dict[str, CanaryRoom] = {}
     for name, spec in specs.items():
         if adapters.metrics_source is None:
