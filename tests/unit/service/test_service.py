@@ -15,7 +15,8 @@ from controller.core.alerts import Notification
 from controller.core.runs import Phase, Transition
 from controller.observability import Metrics
 from controller.ports import PipelineError, PipelineRef, PipelineStatus
-from controller.service import Controller
+from controller.bootstrap import Adapters, build_service
+from controller.service import Service
 from tests.conftest import SECRETS_ENV, write_config
 from tests.fakes.clock import FakeClock
 from tests.fakes.runner import ScriptedRunner
@@ -30,23 +31,16 @@ class IntakeWorld:
         self.clock = FakeClock()
         self.runner = ScriptedRunner()
         self.store: SqliteStore | None = None
-        self.controller: Controller | None = None
+        self.service: Service | None = None
 
-    async def start(self) -> Controller:
+    async def start(self) -> Service:
         self.store = SqliteStore(self.settings.store.path)
         await self.store.open()
-        self.controller = Controller(
-            policy=self.settings.policy_config(),
-            deadlines=self.settings.policy.deadlines,
-            store=self.store,
-            runners={m.name: self.runner for m in self.settings.models},
-            clock=self.clock,
-            metrics=Metrics(),
-            dry_run=self.settings.policy.dry_run,
-        )
-        return self.controller
+        runners = {m.name: self.runner for m in self.settings.models}
+        self.service = build_service(self.settings, Adapters(self.store, runners, self.clock), Metrics())
+        return self.service
 
-    async def restart(self) -> Controller:
+    async def restart(self) -> Service:
         await self.stop()
         return await self.start()
 
@@ -57,8 +51,8 @@ class IntakeWorld:
 
     async def send(self, *alerts, **kw):
         n = Notification.model_validate(notification(*alerts, **kw))
-        assert self.controller is not None
-        return await self.controller.handle_notification(n, "{}")
+        assert self.service is not None
+        return await self.service.intake.handle_notification(n, "{}")
 
     async def run(self, run_id: str):
         assert self.store is not None
@@ -77,13 +71,13 @@ async def test_accepted_run_triggers_one_pipeline_and_follows_it(world):
     [d] = await world.send(am_alert())
     run = await world.run(d.run_id)
     assert run.phase is Phase.TRIGGERING and run.reasons == ("precision_drop",)
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert run.phase is Phase.TRAINING and run.pipeline_id == "p-1" and run.pipeline_url.endswith(d.run_id)
-    await world.controller.tick()  # still running: nothing changes, nothing is triggered again
+    await world.service.reconciler.tick()  # still running: nothing changes, nothing is triggered again
     assert world.runner.triggers() == [d.run_id]
     world.runner.finish(d.run_id, "failed", "job train failed")
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert run.phase is Phase.FAILED and run.cause == "pipeline failed: job train failed"
     history = await world.store.history(d.run_id)
@@ -97,9 +91,9 @@ async def test_accepted_run_triggers_one_pipeline_and_follows_it(world):
 
 async def test_success_without_an_image_fails_the_run(world):
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     world.runner.finish(d.run_id, "success")
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert run.phase is Phase.FAILED and run.cause == "pipeline succeeded without reporting an image"
 
@@ -107,23 +101,23 @@ async def test_success_without_an_image_fails_the_run(world):
 async def test_transient_trigger_errors_retry_permanent_ones_fail(world):
     world.runner.trigger_errors = [PipelineError("502 Bad Gateway"), PipelineError("Reference not found", permanent=True)]
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert (await world.run(d.run_id)).phase is Phase.TRIGGERING  # kept, retried next tick
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert run.phase is Phase.FAILED and run.cause == "pipeline could not be started: Reference not found"
 
 
 async def test_existing_pipeline_is_found_not_created_again(world):
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     # Pretend the store write after the trigger was lost: the run is back in triggering.
     run = await world.run(d.run_id)
     await world.store.apply(
         replace(run, phase=Phase.TRIGGERING, pipeline_id=None),
         Transition(run.id, world.clock.now(), Phase.TRAINING, Phase.TRIGGERING, "test: simulate a lost write"),
     )
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert run.phase is Phase.TRAINING and run.cause.startswith("found the pipeline already started")
     assert world.runner.triggers() == [d.run_id]
@@ -134,21 +128,21 @@ async def test_concurrency_cap_queues_and_starts_in_arrival_order(world):
     [a] = await world.send(am_alert())
     [b] = await world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1"))
     assert a.kind.value == "accepted" and b.kind.value == "queued"
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert (await world.run(b.run_id)).phase is Phase.QUEUED
     world.runner.finish(a.run_id, "failed", "x")
-    await world.controller.tick()  # recsys fails, the slot frees, search starts in the same tick
+    await world.service.reconciler.tick()  # recsys fails, the slot frees, search starts in the same tick
     run = await world.run(b.run_id)
     assert run.phase is Phase.TRIGGERING and run.cause == "a concurrency slot freed up"
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert world.runner.triggers() == [a.run_id, b.run_id]
 
 
 async def test_deadline_fails_the_run_and_cancels_its_pipeline(world):
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     world.clock.advance(hours=6, seconds=1)  # default training deadline is 6h
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert run.phase is Phase.FAILED and run.cause == "deadline: training took longer than 6h"
     assert ("cancel", "p-1") in world.runner.calls
@@ -158,16 +152,16 @@ async def test_queued_deadline_frees_nothing_twice(world):
     await world.send(am_alert())
     [b] = await world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1"))
     world.clock.advance(hours=24, seconds=1)
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert (await world.run(b.run_id)).phase is Phase.FAILED
 
 
 async def test_restart_keeps_decisions_cooldowns_and_queue(world):
     [a] = await world.send(am_alert())
     [b] = await world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1"))
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     world.runner.finish(a.run_id, "failed", "x")
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     await world.restart()
     # same episode after restart: duplicate; new recsys episode: cooldown (run ended 0s ago)
     [dup] = await world.send(am_alert())
@@ -175,15 +169,15 @@ async def test_restart_keeps_decisions_cooldowns_and_queue(world):
     [rl] = await world.send(am_alert(starts="2026-11-24T11:00:00Z"))
     assert rl.kind.value == "rate_limited" and rl.until == world.clock.now() + timedelta(hours=1)
     assert (await world.run(b.run_id)).phase is Phase.TRIGGERING
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert (await world.run(b.run_id)).phase is Phase.TRAINING
 
 
 async def test_rate_limited_episode_starts_a_run_when_the_cooldown_lifts(world):
     [a] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     world.runner.finish(a.run_id, "failed", "x")
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     episode2 = am_alert(fp="other", starts="2026-11-24T10:05:00Z")
     [d] = await world.send(episode2)
     assert d.kind.value == "rate_limited"
@@ -200,7 +194,7 @@ async def test_dry_run_decides_and_records_but_starts_nothing(tmp_path):
         assert d.kind.value == "accepted"
         run = await w.run(d.run_id)
         assert run.phase is Phase.CANCELED and run.dry_run and run.cause == "dry run: no pipeline was started"
-        await w.controller.tick()
+        await w.service.reconciler.tick()
         assert w.runner.calls == []
         [d2] = await w.send(am_alert(fp="x2"))
         assert d2.kind.value == "rate_limited"  # the simulated run still counts for the cooldown
@@ -220,7 +214,7 @@ async def test_dry_run_decides_and_records_but_starts_nothing(tmp_path):
 async def test_prune_forgets_old_decisions_but_not_live_runs(world):
     [a] = await world.send(am_alert())
     world.clock.advance(days=31)
-    removed = await world.controller.prune(timedelta(days=30))
+    removed = await world.service.reconciler.prune(timedelta(days=30))
     assert removed == 1
     assert await world.store.count("episodes") == 1  # the run is still live: its episode must stay
     assert (await world.run(a.run_id)) is not None
@@ -229,11 +223,11 @@ async def test_prune_forgets_old_decisions_but_not_live_runs(world):
 async def test_the_first_attempt_creates_at_once_later_ones_look_first(world):
     world.runner.trigger_errors = [PipelineError("GitLab unreachable: ReadTimeout")]
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert world.runner.calls == [("trigger", d.run_id)]  # nothing can exist yet: no lookup
-    assert (await world.run(d.run_id)).extra["trigger_attempts"] == 1  # saved before the call was made
+    assert (await world.run(d.run_id)).attempts.count == 1  # saved before the call was made
     await world.restart()  # as after a crash mid-call: the next process must look before creating
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert world.runner.calls[1:] == [("find", d.run_id), ("trigger", d.run_id)]
     assert (await world.run(d.run_id)).phase is Phase.TRAINING
 
@@ -242,30 +236,30 @@ async def test_after_an_unknown_outcome_it_only_looks_until_create_settle_has_pa
     world.runner.create_settle_s = 60.0  # e.g. GitLab: a create may be committed after the caller gave up
     world.runner.trigger_errors = [PipelineError("GitLab did not answer in time")]
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     world.clock.advance(seconds=30)
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     await world.restart()  # the window is on the run, so a new process keeps it too
     world.clock.advance(seconds=29)
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert world.runner.triggers() == [d.run_id] and ("find", d.run_id) in world.runner.calls
     assert (await world.run(d.run_id)).phase is Phase.TRIGGERING
     world.clock.advance(seconds=2)  # 61 s after the attempt: nothing turned up, so create again
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert world.runner.triggers() == [d.run_id, d.run_id] and run.phase is Phase.TRAINING
-    assert run.extra["trigger_attempts"] == 2
+    assert run.attempts.count == 2
 
 
 async def test_a_late_pipeline_found_inside_the_window_is_taken(world):
     world.runner.create_settle_s = 60.0
     world.runner.trigger_errors = [PipelineError("GitLab did not answer in time")]
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     world.runner.pipelines[d.run_id] = PipelineRef(id="p-late")  # GitLab committed it after all
     world.runner.states["p-late"] = PipelineStatus("running")
     world.clock.advance(seconds=5)
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     run = await world.run(d.run_id)
     assert run.phase is Phase.TRAINING and run.pipeline_id == "p-late" and world.runner.triggers() == [d.run_id]
 
@@ -286,23 +280,22 @@ async def test_a_slow_pipeline_call_holds_up_only_its_own_run(tmp_path):
                 await self.release.wait()
             return await super().trigger(request)
 
-    w = IntakeWorld(tmp_path)
+    w = IntakeWorld(tmp_path, {"RETRAIN_CONTROLLER__POLICY__MAX_CONCURRENT_RUNS": "2"})
     w.runner = SlowFirst()
     await w.start()
-    w.controller.step_wait = 0.05
-    w.controller.policy = replace(w.controller.policy, max_concurrent=2)
+    w.service.reconciler.step_wait = 0.05
     [a] = await w.send(am_alert())
     [b] = await w.send(am_alert("SearchPrecisionDrop", model="search", fp="00000000000000bb"))
-    await w.controller.tick()
+    await w.service.reconciler.tick()
     assert (await w.run(a.run_id)).phase is Phase.TRIGGERING
     assert (await w.run(b.run_id)).phase is Phase.TRAINING  # not stuck behind the first
-    await w.controller.tick()  # the first run's step is still in flight: not started twice
+    await w.service.reconciler.tick()  # the first run's step is still in flight: not started twice
     assert w.runner.entered.count(a.run_id) == 1
     w.runner.release.set()
-    await w.controller.tick()
+    await w.service.reconciler.tick()
     await asyncio.sleep(0.05)
     assert (await w.run(a.run_id)).phase is Phase.TRAINING
-    await w.controller.aclose()
+    await w.service.reconciler.aclose()
     await w.stop()
 
 
@@ -330,9 +323,9 @@ async def test_a_pipeline_created_after_an_abort_is_canceled_not_left_training(w
     await world.restart()
     runner.cancel_gate.set()
     [d] = await world.send(am_alert())
-    tick = asyncio.create_task(world.controller.tick())
+    tick = asyncio.create_task(world.service.reconciler.tick())
     await asyncio.wait_for(runner.in_trigger.wait(), 5)
-    await world.controller.operate(d.run_id, "abort", "oncall")  # while GitLab is still creating it
+    await world.service.operations.act_on_run(d.run_id, "abort", "oncall")  # while GitLab is still creating it
     runner.trigger_gate.set()
     await asyncio.wait_for(tick, 5)
     assert (await world.run(d.run_id)).phase is Phase.CANCELED
@@ -344,8 +337,8 @@ async def test_a_slow_cancel_does_not_hold_up_alerts_and_callbacks(world):
     await world.restart()
     runner.trigger_gate.set()
     [d] = await world.send(am_alert())
-    await world.controller.tick()
-    abort = asyncio.create_task(world.controller.operate(d.run_id, "abort", "oncall"))
+    await world.service.reconciler.tick()
+    abort = asyncio.create_task(world.service.operations.act_on_run(d.run_id, "abort", "oncall"))
     await asyncio.wait_for(runner.in_cancel.wait(), 5)
     assert (await world.run(d.run_id)).phase is Phase.CANCELED  # recorded before GitLab answers
     [other] = await asyncio.wait_for(world.send(am_alert("SearchPrecisionDrop", model="search", fp="s1")), 2)
@@ -358,13 +351,13 @@ async def test_a_slow_cancel_does_not_hold_up_alerts_and_callbacks(world):
 async def test_a_run_ending_with_a_create_in_doubt_cancels_the_pipeline_that_create_made(world):
     world.runner.trigger_errors.append(PipelineError("timeout after sending the create"))
     [d] = await world.send(am_alert())
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert (await world.run(d.run_id)).phase is Phase.TRIGGERING
     # GitLab committed the create after all; the run times out before it is found.
     world.runner.pipelines[d.run_id] = PipelineRef("p-late", "https://gitlab.test/p/late")
     world.runner.states["p-late"] = PipelineStatus("running")
     world.clock.advance(hours=24)
-    await world.controller.tick()
+    await world.service.reconciler.tick()
     assert (await world.run(d.run_id)).phase is Phase.FAILED
     assert ("cancel", "p-late") in world.runner.calls
 
@@ -378,7 +371,7 @@ async def test_a_slot_freed_between_ticks_goes_to_the_queued_run_first(world):
     await world.store.create_run(waiting, t)
     [d] = await world.send(am_alert())
     assert d.kind.value == "queued" and "1 queued run(s) go first" in d.detail
-    await world.controller.tick()  # the slot goes to the oldest queued run
-    await world.controller.tick()  # which is triggered
+    await world.service.reconciler.tick()  # the slot goes to the oldest queued run
+    await world.service.reconciler.tick()  # which is triggered
     assert world.runner.triggers() == ["waiting1"]
     assert (await world.run(d.run_id)).phase is Phase.QUEUED
