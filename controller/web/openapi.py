@@ -102,6 +102,63 @@ def _get(op: str, summary: str, tag: str, schema: dict[str, Any] | None = None, 
     return {"get": out}
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Any], description: str = "") -> dict[str, Any]:
+    """A closed object: every property documented and present, nothing else (internal state never leaks)."""
+    out = {"type": "object", "additionalProperties": False, "required": list(props), "properties": props}
+    return {**out, "description": description} if description else out
+
+
+STR, NUM, INT, BOOL = {"type": "string"}, {"type": "number"}, {"type": "integer"}, {"type": "boolean"}
+TIME = {"type": "string", "format": "date-time"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+COUNTS = {"type": "object", "additionalProperties": NUM, "description": "hits, trials (and units) since the step began"}
+VERDICT = _obj({"outcome": {"enum": ["pass", "fail", "inconclusive", "no_data", "error"]}, "reason": STR,
+                "statistic": _nullable(NUM), "threshold": _nullable(NUM), "ratio": _nullable(NUM),
+                "design_effect": _nullable(NUM)}, "the judge's verdict of one look")  # fmt: skip
+RUN_SCHEMAS: dict[str, Any] = {
+    "Stage": _obj({"stage": STR, "status": STR, "detail": STR}, "a pipeline stage as the pipeline reported it"),
+    "Verdict": VERDICT,
+    "Run": _obj({
+        "id": STR, "model": STR, "phase": STR, "trigger": {"enum": ["alert", "manual"]},
+        "reasons": {"type": "array", "items": STR}, "cause": {**STR, "description": "why it is in its phase"},
+        "dry_run": BOOL, "created_at": TIME, "phase_entered_at": TIME, "deadline_at": _nullable(TIME),
+        "ended_at": _nullable(TIME),
+        "pipeline": _obj({"id": _nullable(STR), "url": _nullable(STR), "trigger_attempts": INT,
+                          "stages": {"type": "array", "items": _ref("Stage")}}),
+        "image": _nullable(STR), "previous_image": _nullable({**STR, "description": "what stable ran before"}),
+        "offline_metrics": {"type": "object", "additionalProperties": NUM},
+        "paused": _nullable(_obj({"since": TIME})),
+        "canary": _nullable(_obj({"step": INT, "steps": _nullable(INT), "weight": _nullable(INT),
+                                  "stage": {"enum": ["rolling", "judging"]}})),
+        "verdict": _nullable(_ref("Verdict")),
+        "retry_of": _nullable(STR), "manual_reason": _nullable(STR),
+    }, "a run as the API documents it"),  # fmt: skip
+    "Look": {**_obj({"at": TIME, "step": INT, "weight": INT, "verdict": VERDICT["properties"]["outcome"],
+                     **{k: v for k, v in VERDICT["properties"].items() if k != "outcome"},
+                     "stable": COUNTS, "canary": COUNTS,
+                     "guardrails": {"type": "object", "additionalProperties": _nullable(NUM)}}),
+             "description": "one look at the canary"},  # fmt: skip
+    "AuditEntry": {"type": "object", "required": ["at", "action", "by", "reason", "changed", "detail"],
+                   "properties": {"at": TIME, "action": STR, "by": STR, "reason": STR, "changed": BOOL, "detail": STR,
+                                  "retry_of": STR, "new_run": STR}},  # fmt: skip
+    "Transition": _obj({"at": TIME, "from": _nullable(STR), "to": STR, "cause": STR}),
+    "RunList": _obj({"runs": {"type": "array", "items": _ref("Run")}}),
+    "RunDetail": _obj({"run": _ref("Run"), "history": {"type": "array", "items": _ref("Transition")},
+                       "looks": {"type": "array", "items": _ref("Look")},
+                       "audit": {"type": "array", "items": _ref("AuditEntry")},
+                       "alerts": {"type": "array", "items": {"type": "object"}}}),  # fmt: skip
+}
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/api/v1/alerts": {
@@ -143,11 +200,11 @@ def document() -> dict[str, Any]:
         },
         "/api/v1/models": _get("list_models", "Models: live run, pause, rate limits, stable image, last outcome.",
                                "read"),  # fmt: skip
-        "/api/v1/runs": _get("list_runs", "Runs, newest first.", "read", params=[
+        "/api/v1/runs": _get("list_runs", "Runs, newest first.", "read", _ref("RunList"), params=[
             LIMIT, {"name": "model", "in": "query", "schema": {"type": "string"}},
             {"name": "phase", "in": "query", "schema": {"type": "string"}}], errors=(400,)),  # fmt: skip
-        "/api/v1/runs/{run_id}": _get("get_run", "One run with its history and alert decisions.", "read",
-                                      params=[RUN_ID], errors=(404,)),  # fmt: skip
+        "/api/v1/runs/{run_id}": _get("get_run", "One run with its history, looks, audit and alert decisions.",
+                                      "read", _ref("RunDetail"), params=[RUN_ID], errors=(404,)),  # fmt: skip
         "/api/v1/openapi.json": _get("openapi", "This document.", "meta"),
         "/healthz": _get("healthz", "Liveness.", "meta"),
         "/readyz": _get("readyz", "Readiness: the store takes a write.", "meta", errors=(503,)),
@@ -185,6 +242,7 @@ def document() -> dict[str, Any]:
                 "gitlab": {"type": "apiKey", "in": "header", "name": "X-Gitlab-Token"},
             },
             "schemas": {
+                **RUN_SCHEMAS,
                 "Error": {
                     "type": "object",
                     "required": ["error", "detail"],
