@@ -34,24 +34,7 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
     app[CTX] = WebContext(settings=settings, service=service, store=adapters.store, clock=adapters.clock,
                           metrics=metrics, parse_hook=parse_pipeline_hook)
     app[SERVICE] = service
-    app.router.add_post("/api/v1/alerts", alerts.post_alerts)
-    app.router.add_post("/api/v1/runs/{run_id}/events", pipelines.post_run_event)
-    app.router.add_post("/api/v1/gitlab/events", pipelines.post_gitlab_hook)
-    app.router.add_get("/api/v1/models", api.list_models)
-    app.router.add_get("/api/v1/runs", api.list_runs)
-    app.router.add_get("/api/v1/runs/{run_id}", api.get_run)
-    app.router.add_get("/api/v1/alerts", api.list_alerts)
-    for action in ops.RUN_ACTIONS:
-        app.router.add_post(f"/api/v1/runs/{{run_id}}/{action}", ops.run_action(action))
-    for action in ops.MODEL_ACTIONS:
-        app.router.add_post(f"/api/v1/models/{{model}}/{action}", ops.model_action(action))
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/readyz", health.readyz)
-    app.router.add_get("/metrics", health.metrics)
-    app.router.add_get("/api/v1/openapi.json", openapi.openapi)
-    app.router.add_get("/", pages.status_page)
-    app.router.add_get("/runs/{run_id}", pages.run_page)
-    pages.setup(app)
+    _routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         log = get_logger()
@@ -83,3 +66,24 @@ async def _housekeeping(service: Service, settings: Settings) -> None:
         except Exception:
             get_logger().exception("housekeeping_failed")
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+
+
+def _routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/alerts", alerts.post_alerts)
+    app.router.add_post("/api/v1/runs/{run_id}/events", pipelines.post_run_event)
+    app.router.add_post("/api/v1/gitlab/events", pipelines.post_gitlab_hook)
+    app.router.add_get("/api/v1/models", api.list_models)
+    app.router.add_get("/api/v1/runs", api.list_runs)
+    app.router.add_get("/api/v1/runs/{run_id}", api.get_run)
+    app.router.add_get("/api/v1/alerts", api.list_alerts)
+    for action in ops.RUN_ACTIONS:
+        app.router.add_post(f"/api/v1/runs/{{run_id}}/{action}", ops.run_action(action))
+    for action in ops.MODEL_ACTIONS:
+        app.router.add_post(f"/api/v1/models/{{model}}/{action}", ops.model_action(action))
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/api/v1/openapi.json", openapi.openapi)
+    app.router.add_get("/", pages.status_page)
+    app.router.add_get("/runs/{run_id}", pages.run_page)
+    pages.setup(app)

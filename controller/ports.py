@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Protocol
+from typing import Mapping, Protocol
 
 from controller.core.alerts import Alert
 from controller.core.canary import DeploymentStatus, RolloutStatus
@@ -204,7 +204,7 @@ class HookInvalid(ValueError):
 
 
 class HookParser(Protocol):
-    def __call__(self, body: Mapping[str, Any]) -> PipelineHook | None:
+    def __call__(self, body: Mapping[str, object]) -> PipelineHook | None:
         """The hook's news; None for a hook about something else than a pipeline; HookInvalid if malformed."""
         ...
 

@@ -247,7 +247,7 @@ def pipeline_status(status: str, detail: str) -> PipelineStatus:
     return PipelineStatus("running")
 
 
-def parse_pipeline_hook(body: Mapping[str, Any]) -> PipelineHook | None:
+def parse_pipeline_hook(body: Mapping[str, object]) -> PipelineHook | None:
     """GitLab's Pipeline Hook (`object_kind: pipeline`): the pipeline's id, status, RETRAIN_RUN_ID variable and
     page. None for a hook of another kind; HookInvalid naming the field when the id or the status is missing."""
     if body.get("object_kind") != "pipeline":

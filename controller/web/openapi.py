@@ -159,8 +159,8 @@ RUN_SCHEMAS: dict[str, Any] = {
 }
 
 
-def document() -> dict[str, Any]:
-    paths: dict[str, Any] = {
+def _webhook_paths() -> dict[str, Any]:
+    return {
         "/api/v1/alerts": {
             "post": {
                 "operationId": "post_alerts",
@@ -198,6 +198,12 @@ def document() -> dict[str, Any]:
                               **_errors(400, 401, 408, 413, 415, 503)},  # fmt: skip
             }
         },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {
+        **_webhook_paths(),
         "/api/v1/models": _get("list_models", "Models: live run, pause, rate limits, stable image, last outcome.",
                                "read"),  # fmt: skip
         "/api/v1/runs": _get("list_runs", "Runs, newest first.", "read", _ref("RunList"), params=[
@@ -223,6 +229,10 @@ def document() -> dict[str, Any]:
         paths[f"/api/v1/runs/{{run_id}}/{action}"] = _run_action(action)
     for action in MODEL_ACTION_TEXT:
         paths[f"/api/v1/models/{{model}}/{action}"] = _model_action(action)
+    return paths
+
+
+def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -231,8 +241,13 @@ def document() -> dict[str, Any]:
             "description": "Alertmanager alerts in; retraining pipelines, canary analysis, promotion or rollback "
             "out. Errors are JSON `{error, detail}`.",
         },
-        "paths": paths,
-        "components": {
+        "paths": _paths(),
+        "components": _components(),
+    }
+
+
+def _components() -> dict[str, Any]:
+    return {
             "securitySchemes": {
                 "admin": {"type": "http", "scheme": "bearer", "description": "RETRAIN_CONTROLLER_ADMIN_TOKEN"},
                 "alertmanager": {"type": "http", "scheme": "bearer",
@@ -272,7 +287,6 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
-        },
     }
 
 
