@@ -55,7 +55,7 @@ TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
     Phase.QUEUED: frozenset({Phase.TRIGGERING, Phase.FAILED, Phase.CANCELED}),
     Phase.TRIGGERING: frozenset({Phase.TRAINING, Phase.FAILED, Phase.CANCELED}),
     Phase.TRAINING: frozenset({Phase.DEPLOYING, Phase.FAILED, Phase.CANCELED}),
-    Phase.DEPLOYING: frozenset({Phase.ANALYZING, Phase.ROLLING_BACK}),
+    Phase.DEPLOYING: frozenset({Phase.ANALYZING, Phase.ROLLING_BACK, Phase.SUCCEEDED}),  # succeeded: no canary
     Phase.ANALYZING: frozenset({Phase.PROMOTING, Phase.ROLLING_BACK}),
     Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.ROLLING_BACK, Phase.FAILED}),  # back: stable never ready
     Phase.ROLLING_BACK: frozenset({Phase.ROLLED_BACK, Phase.FAILED}),

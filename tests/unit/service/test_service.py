@@ -375,3 +375,18 @@ async def test_a_slot_freed_between_ticks_goes_to_the_queued_run_first(world):
     await world.service.reconciler.tick()  # which is triggered
     assert world.runner.triggers() == ["waiting1"]
     assert (await world.run(d.run_id)).phase is Phase.QUEUED
+
+
+async def test_a_model_without_a_canary_succeeds_with_its_image_recorded(world):
+    """Retrain-only models (batch scoring, a registry push): the image is the outcome, nothing is deployed."""
+    from controller.core.callbacks import ImageEvent
+
+    image = "registry.example/recsys@sha256:" + "c" * 64
+    [d] = await world.send(am_alert())
+    await world.service.reconciler.tick()
+    await world.service.pipelines.handle_event(d.run_id, ImageEvent(event="image", image=image, metrics={"p": 0.2}))
+    await world.service.reconciler.tick()
+    run = await world.run(d.run_id)
+    assert run.phase is Phase.SUCCEEDED and run.image == image and run.offline_metrics == {"p": 0.2}
+    assert run.cause == f"model recsys has no canary: image {image} recorded, nothing deployed"
+    assert [t.to_phase for t in await world.store.history(d.run_id)][-2:] == [Phase.DEPLOYING, Phase.SUCCEEDED]
