@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from controller.app import Adapters, create_app  # noqa: E402
 from controller.config import load_settings  # noqa: E402
 from controller.core.alerts import Notification  # noqa: E402
 from controller.core.policy import Decision, Kind  # noqa: E402
+from controller.core.judge import Outcome, Verdict  # noqa: E402
 from controller.core.runs import Phase, new_run, transition  # noqa: E402
+from controller.core.state import Look  # noqa: E402
 from controller.ports import NotificationRecord  # noqa: E402
 
 MODELS = [f"model{i:02d}" for i in range(20)]
@@ -82,14 +85,15 @@ async def seed(store: SqliteStore, runs: int, decisions: int, rng: random.Random
         if i < runs - len(MODELS) // 4:  # all but a few end
             path = [Phase.TRAINING, Phase.DEPLOYING, Phase.ANALYZING,
                     rng.choice([Phase.PROMOTING, Phase.ROLLING_BACK])]  # fmt: skip
-            extra = {"measurements": [
-                {"at": at.isoformat(), "step": 1, "weight": 10, "verdict": "inconclusive", "reason": "bench",
-                 "statistic": 0.1 * k, "threshold": 3.0, "ratio": 1.0,
-                 "stable": {"hits": 45.0 * k, "trials": 900.0 * k}, "canary": {"hits": 5.0 * k, "trials": 100.0 * k},
-                 "guardrails": {}} for k in range(1, 31)]} if i % 10 == 0 else {}  # fmt: skip
+            looks = tuple(
+                Look(at=at, step=1, weight=10, verdict=Verdict(Outcome.INCONCLUSIVE, "bench", 0.1 * k, 3.0, 1.0),
+                     stable={"hits": 45.0 * k, "trials": 900.0 * k}, canary={"hits": 5.0 * k, "trials": 100.0 * k})
+                for k in range(1, 31)) if i % 10 == 0 else ()  # fmt: skip
             for to in path + [Phase.SUCCEEDED if path[-1] is Phase.PROMOTING else Phase.ROLLED_BACK]:
-                changes = {"image": IMAGE.format(m=model), "extra": extra} if to is Phase.DEPLOYING else {}
-                run, t = transition(run, to, f"bench: {to.value}", at, deadlines, **changes)
+                if to is Phase.DEPLOYING:
+                    last = looks[-1].verdict if looks else None
+                    run = replace(run, image=IMAGE.format(m=model), looks=looks, verdict=last)
+                run, t = transition(run, to, f"bench: {to.value}", at, deadlines)
                 await store.apply(run, t)
         ids.append(run_id)
         if i % 1000 == 999:

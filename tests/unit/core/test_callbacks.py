@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from controller.core.callbacks import EVENT, callback_token, effect_of, token_matches
 from controller.core.runs import Phase
+from controller.core.state import Stage
 from tests.unit.core.test_runs import run_in
 
 DIGEST = "sha256:" + "ab" * 32
@@ -91,7 +92,8 @@ def test_effect_of(case, run, body, kind, to):
 
 def test_replayed_stage_is_a_noop():
     e = effect_of(TRAINING, ev(event="stage", stage="train", status="running"))
-    run = replace(TRAINING, extra={"stages": e.changes["stages"]})
+    run = e.apply(TRAINING)
+    assert run.stages == (Stage("train", "running"),)
     assert effect_of(run, ev(event="stage", stage="train", status="running")).kind == "noop"
     assert effect_of(run, ev(event="stage", stage="train", status="success")).kind == "record"
 

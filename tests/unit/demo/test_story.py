@@ -4,7 +4,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from controller.core.judge import Outcome, Verdict
 from controller.core.runs import Phase, Run, Transition
+from controller.core.state import Look
 from controller.demo.meter import Meter
 from controller.demo.story import check
 from controller.demo.service import TrackCounts
@@ -19,10 +21,11 @@ def _story(phases, verdict="pass", looks=3, image="img", alerts=(("RecsysPrecisi
     history = [Transition("r", T0 + timedelta(seconds=(times or range(len(phases)))[i]),
                           Phase(phases[i - 1]) if i else None, Phase(p), "why")
                for i, p in enumerate(phases)]  # fmt: skip
-    extra = {"measurements": [{"verdict": "inconclusive"}] * (looks - 1) + [{"verdict": verdict}] if looks else [],
-             "verdict": {"outcome": verdict}}  # fmt: skip
+    outcomes = [Outcome.INCONCLUSIVE] * (looks - 1) + [Outcome(verdict)] if looks else []
+    seen = tuple(Look(at=T0, step=1, weight=10, verdict=Verdict(o, "why"), stable={}, canary={}) for o in outcomes)
     run = Run(id="r", model="recsys", phase=Phase(phases[-1]), created_at=T0, phase_entered_at=T0, deadline_at=None,
-              pipeline_id="cmd-r" if image else None, image=image, extra=extra)  # fmt: skip
+              pipeline_id="cmd-r" if image else None, image=image, looks=seen,
+              verdict=Verdict(Outcome(verdict), "why"))  # fmt: skip
     decisions = [{"alertname": a, "decision": d, "received_at": "t"} for a, d in alerts]
     return check(run, history, decisions, expect)
 

@@ -12,6 +12,7 @@ from controller.adapters.clock import SystemClock
 from controller.adapters.sqlite_store import SqliteStore
 from controller.app import Adapters, create_app
 from controller.config import load_settings
+from controller.core.judge import Outcome, Verdict
 from controller.core.runs import Phase, Run, Transition
 from tests.conftest import SECRETS_ENV, TOKEN, write_config
 from tests.fakes.runner import ScriptedRunner
@@ -31,8 +32,14 @@ class Env:
         kw = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
         return await self.client.post(path, headers=AUTH if headers is None else headers, **kw)
 
+    async def detail(self, run_id):
+        return await (await self.client.get(f"/api/v1/runs/{run_id}")).json()
+
     async def run(self, run_id):
-        return (await (await self.client.get(f"/api/v1/runs/{run_id}")).json())["run"]
+        return (await self.detail(run_id))["run"]
+
+    async def audit(self, run_id):
+        return (await self.detail(run_id))["audit"]
 
     async def wait_phase(self, run_id, phase, timeout=5.0):
         loop = asyncio.get_running_loop()
@@ -50,13 +57,14 @@ class Env:
         assert r.status == 200
         return (await r.json())["alerts"][0]
 
-    async def put_run(self, run_id, phase, model="recsys", **extra):
-        """A run in any phase, as if it had got there (for phases the fakes here do not reach on their own)."""
+    async def put_run(self, run_id, phase, model="recsys", **fields):
+        """A run in any phase, as if it had got there (for phases the fakes here do not reach on their own);
+        `fields` are the run's typed fields (verdict, stages, pause, ...)."""
         now = datetime.now(timezone.utc)
         ended = now if phase.terminal else None
         run = Run(id=run_id, model=model, phase=phase, created_at=now, phase_entered_at=now, ended_at=ended,
                   deadline_at=None if ended else now + timedelta(hours=2), reasons=("precision_drop",),
-                  image=IMAGE, cause="test", extra=extra)  # fmt: skip
+                  image=IMAGE, cause="test", **fields)  # fmt: skip
         await self.store.create_run(run, Transition(run_id, now, None, phase, "test"))
 
 
@@ -184,8 +192,9 @@ async def test_retrain_starts_a_manual_run_and_conflicts_while_one_is_live(env):
     assert r.status == 201 and body["changed"] is True
     run = await env.wait_phase(body["run_id"], "training")
     assert run["trigger"] == "manual" and run["reasons"] == ["manual"]
-    assert run["extra"]["manual_reason"] == "new features shipped"
-    assert run["extra"]["audit"][0]["by"] == "carol" and run["extra"]["audit"][0]["action"] == "retrain"
+    assert run["manual_reason"] == "new features shipped"
+    audit = await env.audit(body["run_id"])
+    assert audit[0]["by"] == "carol" and audit[0]["action"] == "retrain"
     history = (await (await env.client.get(f"/api/v1/runs/{body['run_id']}")).json())["history"]
     assert history[0]["cause"] == "manual retrain by carol: new features shipped"
     assert env.runner.triggers() == [body["run_id"]]
@@ -267,7 +276,7 @@ async def test_abort_cancels_the_pipeline_and_is_idempotent(env):
     assert run["cause"] == "aborted by dave: wrong data window"
     r = await env.post(f"/api/v1/runs/{run_id}/abort")
     assert r.status == 200 and (await r.json())["changed"] is False
-    audit = (await env.run(run_id))["extra"]["audit"]
+    audit = await env.audit(run_id)
     assert [(a["action"], a["changed"], a["by"]) for a in audit] == [("abort", True, "dave"), ("abort", False, "operator")]
     assert audit[0]["reason"] == "wrong data window" and audit[0]["at"].endswith("Z")
 
@@ -288,7 +297,7 @@ async def test_abort_of_a_succeeded_run_is_409(env):
 
 
 async def test_promote_only_an_analyzing_run(env):
-    await env.put_run("a1", Phase.ANALYZING, verdict={"outcome": "inconclusive"})
+    await env.put_run("a1", Phase.ANALYZING, verdict=Verdict(Outcome.INCONCLUSIVE, "not enough evidence yet"))
     await env.put_run("d1", Phase.DEPLOYING, model="search")
     r = await env.post("/api/v1/runs/d1/promote")
     assert r.status == 409 and "only an analyzing run can be promoted" in (await r.json())["detail"]
@@ -305,7 +314,8 @@ async def test_pause_and_resume_a_run(env):
     await env.put_run("a1", Phase.ANALYZING)
     r = await env.post("/api/v1/runs/a1/pause", {"by": "gina"})
     assert r.status == 200 and (await r.json())["changed"] is True
-    assert (await env.run("a1"))["extra"]["paused"] is True
+    paused = (await env.run("a1"))["paused"]
+    assert paused is not None and paused["since"].endswith("Z")
     r = await env.post("/api/v1/runs/a1/pause")
     assert r.status == 200 and (await r.json())["changed"] is False
     r = await env.post("/api/v1/runs/a1/resume")
@@ -313,8 +323,8 @@ async def test_pause_and_resume_a_run(env):
     r = await env.post("/api/v1/runs/a1/resume")
     assert r.status == 200 and (await r.json())["changed"] is False
     run = await env.run("a1")
-    assert run["extra"]["paused"] is False
-    assert [(a["action"], a["changed"]) for a in run["extra"]["audit"]] == [
+    assert run["paused"] is None
+    assert [(a["action"], a["changed"]) for a in await env.audit("a1")] == [
         ("pause", True), ("pause", False), ("resume", True), ("resume", False)]  # fmt: skip
 
 
@@ -331,9 +341,8 @@ async def test_retry_makes_a_new_manual_run_with_the_old_reasons(env):
     body = await r.json()
     assert r.status == 201 and body["retry_of"] == "f1" and body["run_id"] != "f1"
     run = await env.wait_phase(body["run_id"], "training")
-    assert run["trigger"] == "manual" and run["reasons"] == ["precision_drop"] and run["extra"]["retry_of"] == "f1"
-    old = await env.run("f1")
-    assert old["extra"]["audit"][-1]["new_run"] == body["run_id"]
+    assert run["trigger"] == "manual" and run["reasons"] == ["precision_drop"] and run["retry_of"] == "f1"
+    assert (await env.audit("f1"))[-1]["new_run"] == body["run_id"]
     # The model now has a live run: a second retry is refused.
     r = await env.post("/api/v1/runs/f1/retry")
     assert r.status == 409 and "live run" in (await r.json())["detail"]
@@ -369,14 +378,14 @@ async def test_abort_through_the_service_scales_the_canary_to_zero(tmp_path):
     await world.start()
     try:
         run_id = await world.deploying_run()
-        await world.controller.tick()
+        await world.service.reconciler.tick()
         assert (await world.run(run_id)).phase is Phase.ANALYZING
-        result = await world.controller.act_on_run(run_id, "abort", "ivy", "latency looks off")
+        result = await world.service.operations.act_on_run(run_id, "abort", "ivy", "latency looks off")
         assert result["phase"] == "rolling_back" and result["changed"] is True
-        await world.controller.tick()
+        await world.service.reconciler.tick()
         run = await world.run(run_id)
         assert run.phase is Phase.ROLLED_BACK
         assert world.rollout.canary.replicas == 0
-        assert run.extra["audit"][0]["reason"] == "latency looks off"
+        assert (await world.store.run_audit(run_id))[0].reason == "latency looks off"
     finally:
         await world.stop()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from controller.core.judge import Outcome, Verdict
 from controller.core.runs import Phase
+from controller.core.state import CanaryStage, CanaryState, Look, Stage
 from controller.web.pages import chart
 from tests.conftest import SECRETS_ENV
 from tests.unit.service.test_rollouts import EQUAL, WORSE, CanaryWorld
@@ -25,6 +27,7 @@ MEASUREMENTS = [
     {"at": "2026-11-24T10:03:00Z", "step": 2, "weight": 50, "verdict": "pass", "reason": "canary holds up",
      "stable": {"hits": 900, "trials": 18000}, "canary": {"hits": 480, "trials": 9500}},
 ]  # fmt: skip
+LOOKS = tuple(Look.from_json(m) for m in MEASUREMENTS)
 
 
 async def page(env, path, status=200):
@@ -76,8 +79,9 @@ async def test_run_page_timeline_chart_audit_and_alerts(aiohttp_client, tmp_path
     env = await make_env(aiohttp_client, tmp_path)
     decision = await env.alert()
     await env.wait_phase(decision["run_id"], "training")
-    await env.put_run("c1", Phase.ANALYZING, model="search", measurements=MEASUREMENTS, canary={"step": 1, "stage": "judging"},
-                      verdict={"outcome": "pass", "reason": "canary holds up"},
+    await env.put_run("c1", Phase.ANALYZING, model="search", looks=LOOKS,
+                      canary=CanaryState(step=1, stage=CanaryStage.JUDGING, stage_since=LOOKS[0].at),
+                      verdict=Verdict(Outcome.PASS, "canary holds up"),
                       previous_image="registry.example/ml/recsys@sha256:" + "aa" * 32)  # fmt: skip
     await env.post("/api/v1/runs/c1/pause", {"by": "bob", "reason": "checking dashboards"})
     html = await page(env, "/runs/c1")
@@ -103,7 +107,7 @@ async def test_pages_escape_what_alerts_and_runs_carry(aiohttp_client, tmp_path)
     env = await make_env(aiohttp_client, tmp_path)
     hostile = "<script>alert(1)</script>"
     await env.alert(name=hostile)  # unmatched, but recorded and shown
-    await env.put_run("x1", Phase.FAILED, stages=[{"stage": hostile, "status": "failed", "detail": hostile}],
+    await env.put_run("x1", Phase.FAILED, stages=(Stage(hostile, "failed", hostile),),
                       manual_reason=hostile)
     run = await env.store.get_run("x1")
     await env.store.update_run(replace(run, pipeline_url="javascript:alert(1)", pipeline_id="p-9", cause=hostile))
@@ -119,7 +123,7 @@ async def test_no_secret_is_ever_rendered(aiohttp_client, tmp_path):
     await env.post("/api/v1/models/recsys/resume", headers=AUTH)
     decision = await env.alert()
     await env.wait_phase(decision["run_id"], "training")
-    await env.put_run("c1", Phase.ANALYZING, model="search", measurements=MEASUREMENTS)
+    await env.put_run("c1", Phase.ANALYZING, model="search", looks=LOOKS)
     bodies = [await page(env, "/"), await page(env, f"/runs/{decision['run_id']}"), await page(env, "/runs/c1"),
               await page(env, "/runs/nosuch", status=404)]  # fmt: skip
     for path in ("/api/v1/models", "/api/v1/runs", f"/api/v1/runs/{decision['run_id']}", "/api/v1/alerts",
@@ -147,10 +151,10 @@ async def test_chart_from_a_real_canary_analysis(tmp_path):
         await world.start()
         try:
             run_id = await world.deploying_run()
-            await world.controller.tick()
+            await world.service.reconciler.tick()
             await world.until_end(run_id, *counts)
             run = await world.run(run_id)
-            c = chart(run.extra["measurements"], 0.05, 0.05)
+            c = chart([look.to_json() for look in run.looks], 0.05, 0.05)
             assert c is not None and c["marks"][-1]["verdict"] == last
             assert all(re.fullmatch(r"[\d.]+,[\d.]+", p) for p in c["canary"].split())
         finally:

@@ -62,13 +62,13 @@ async def test_the_pipeline_variables_carry_a_working_callback(env):
     r = await event(client, run_id, {"event": "image", "image": IMAGE, "metrics": {"precision_at_10": 0.071}})
     body = await r.json()
     assert r.status == 200 and body["effect"] == "move" and body["phase"] == "deploying"
-    # This model has no canary configured: the run cannot deploy and says so.
-    run = await wait_phase(client, run_id, "rolled_back")
-    assert run["image"] == IMAGE and run["extra"]["offline_metrics"] == {"precision_at_10": 0.071}
-    assert run["extra"]["stages"] == [{"stage": "train", "status": "running", "detail": ""}]
+    # This model has no canary configured: the image is the outcome, nothing is deployed, and the run says so.
+    run = await wait_phase(client, run_id, "succeeded")
+    assert run["image"] == IMAGE and run["offline_metrics"] == {"precision_at_10": 0.071}
+    assert run["pipeline"]["stages"] == [{"stage": "train", "status": "running", "detail": ""}]
     history = (await (await client.get(f"/api/v1/runs/{run_id}")).json())["history"]
-    assert [h["to"] for h in history][-3:] == ["deploying", "rolling_back", "rolled_back"]
-    assert "has no canary configured" in history[-2]["cause"]
+    assert [h["to"] for h in history][-2:] == ["deploying", "succeeded"]
+    assert "has no canary" in history[-1]["cause"] and "nothing deployed" in history[-1]["cause"]
     r = await event(client, run_id, {"event": "image", "image": IMAGE})  # the run has ended: refused
     assert r.status == 403
 
