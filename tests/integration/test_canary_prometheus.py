@@ -16,15 +16,14 @@ import pytest
 from controller.adapters.clock import SystemClock
 from controller.adapters.prometheus import PrometheusSource
 from controller.adapters.sqlite_store import SqliteStore
+from controller.bootstrap import Adapters, build_service
 from controller.config import load_settings
 from controller.core.alerts import Notification
 from controller.core.callbacks import ImageEvent
-from controller.core.canary import CanaryPlan, Step
+from controller.core.canary import CanaryPlan, CanarySpec, GuardrailSpec, Step
 from controller.core.judge import Direction, JudgeConfig
 from controller.core.runs import Phase
 from controller.observability import Metrics
-from controller.core.canary import CanarySpec, GuardrailSpec
-from controller.service import Controller
 from tests.conftest import SECRETS_ENV, write_config
 from tests.fakes.rollout import FakeRollout
 from tests.fakes.runner import ScriptedRunner
@@ -96,17 +95,19 @@ class Loop:
         self.source = PrometheusSource(url, 2.0)
         self.store = SqliteStore(self.settings.store.path)
         deadlines = {**self.settings.policy.deadlines, Phase.ANALYZING: analyzing}
-        self.controller = Controller(
-            policy=self.settings.policy_config(), deadlines=deadlines, store=self.store,
-            runners={"recsys": ScriptedRunner()}, clock=SystemClock(), metrics=Metrics(),
-            rollouts={"recsys": self.rollout}, canary_specs={"recsys": spec(model)}, metrics_source=self.source,
+        settings = self.settings.model_copy(
+            update={"policy": self.settings.policy.model_copy(update={"deadlines": deadlines})})
+        self.service = build_service(
+            settings, Adapters(store=self.store, runners={"recsys": ScriptedRunner()}, clock=SystemClock(),
+                               rollouts={"recsys": self.rollout}, metrics_source=self.source),
+            Metrics(), specs={"recsys": spec(model)},
         )  # fmt: skip
 
     async def deploying_run(self) -> str:
         await self.store.open()
-        [d] = await self.controller.handle_notification(Notification.model_validate(notification(am_alert())), "{}")
-        await self.controller.tick()
-        await self.controller.handle_pipeline_event(d.run_id, ImageEvent(event="image", image=IMAGE))
+        [d] = await self.service.intake.handle_notification(Notification.model_validate(notification(am_alert())), "{}")
+        await self.service.reconciler.tick()
+        await self.service.pipelines.handle_event(d.run_id, ImageEvent(event="image", image=IMAGE))
         return str(d.run_id)
 
     async def until(self, run_id: str, done: set[Phase], seconds: float) -> list[Phase]:
@@ -114,7 +115,7 @@ class Loop:
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while loop.time() < end:
-            await self.controller.tick()
+            await self.service.reconciler.tick()
             run = await self.store.get_run(run_id)
             assert run is not None
             if not seen or seen[-1] is not run.phase:
@@ -128,7 +129,7 @@ class Loop:
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while loop.time() < end:
-            await self.controller.tick()
+            await self.service.reconciler.tick()
             await asyncio.sleep(0.25)
 
     async def close(self) -> None:
@@ -162,9 +163,9 @@ async def test_a_good_canary_is_promoted(exporter, prometheus, tmp_path, loops) 
         task.cancel()
     assert phases[-1] is Phase.SUCCEEDED, phases
     run = await loop.store.get_run(run_id)
-    verdicts = [m["verdict"] for m in run.extra["measurements"]]
+    verdicts = [look.verdict.outcome.value for look in run.looks]
     assert verdicts[-1] == "pass" and "fail" not in verdicts
-    assert {m["step"] for m in run.extra["measurements"]} == {1, 2}
+    assert {look.step for look in run.looks} == {1, 2}
     assert loop.rollout.stable.image == IMAGE
 
 
@@ -176,7 +177,7 @@ async def test_a_canary_ten_percent_worse_is_rolled_back(exporter, prometheus, t
         task.cancel()
     assert phases[-1] is Phase.ROLLED_BACK, phases
     run = await loop.store.get_run(run_id)
-    assert run.extra["measurements"][-1]["verdict"] == "fail"
+    assert run.looks[-1].verdict.outcome.value == "fail"
     assert loop.rollout.stable.image != IMAGE and loop.rollout.canary.replicas == 0
 
 
@@ -189,7 +190,7 @@ async def test_a_canary_without_traffic_is_never_promoted(exporter, prometheus, 
         task.cancel()
     assert Phase.PROMOTING not in phases and phases[-1] is Phase.ROLLED_BACK, phases
     run = await loop.store.get_run(run_id)
-    assert {m["verdict"] for m in run.extra["measurements"]} <= {"no_data", "inconclusive"}
+    assert {look.verdict.outcome.value for look in run.looks} <= {"no_data", "inconclusive"}
 
 
 async def test_prometheus_stopped_mid_analysis_is_error_and_ends_as_configured(exporter, tmp_path, loops) -> None:
@@ -210,7 +211,7 @@ async def test_prometheus_stopped_mid_analysis_is_error_and_ends_as_configured(e
         own.stop()
     assert phases[-1] is Phase.ROLLED_BACK and Phase.PROMOTING not in phases
     run = await loop.store.get_run(run_id)
-    last = [m["verdict"] for m in run.extra["measurements"]][-4:]
+    last = [look.verdict.outcome.value for look in run.looks][-4:]
     assert last == ["error"] * 4, last  # max_bad_looks 3: the fourth error in a row rolls back
     history = await loop.store.history(run_id)
     assert "without usable data" in history[-2].cause and "unreachable" in history[-2].cause

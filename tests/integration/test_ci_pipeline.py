@@ -530,9 +530,9 @@ def test_pipeline_reports_image_to_the_controller(model_repo: Path, stubs: Stubs
     moves = [(h["from"], h["to"], h["cause"]) for h in detail["history"]]
     assert ("training", "deploying", f"pipeline reported image {image}") in moves, moves
     assert run["image"] == image
-    assert run["extra"]["offline_metrics"] == {"precision_at_k": 0.312, "recall_at_k": 0.41,
-                                               "production_precision_at_k": 0.305}  # fmt: skip
-    stages = [(s["stage"], s["status"]) for s in run["extra"]["stages"]]
+    assert run["offline_metrics"] == {"precision_at_k": 0.312, "recall_at_k": 0.41,
+                                      "production_precision_at_k": 0.305}  # fmt: skip
+    stages = [(s["stage"], s["status"]) for s in run["pipeline"]["stages"]]
     expected = [(stage, status) for stage in STAGES for status in ("running", "success")]
     if stages == expected[:-1]:  # the run ended before report's after_script: told, logged, not an error
         assert "callback stage report success: the run is already finished" in out, out
@@ -561,7 +561,7 @@ def test_failed_training_job_fails_the_run(model_repo: Path, stubs: Stubs, contr
     run = detail["run"]
     assert run["phase"] == "failed", detail
     assert "BackoffLimitExceeded" in run["cause"] and f"retrain-recsys-{run_id}" in run["cause"], run
-    stages = [(s["stage"], s["status"]) for s in run["extra"]["stages"]]
+    stages = [(s["stage"], s["status"]) for s in run["pipeline"]["stages"]]
     assert stages == [("fetch-data", "running"), ("fetch-data", "success"), ("train", "running"),
                       ("train", "failed")], stages  # fmt: skip
     assert run["image"] is None

@@ -101,7 +101,7 @@ def test_sigkill_mid_trigger_then_restart_keeps_one_pipeline_per_run(tmp_path: P
                 by_run.setdefault(p.vars["RETRAIN_RUN_ID"], []).append(p.id)
             assert sorted(by_run) == sorted(r["id"] for r in runs)
             assert all(len(ids) == 1 for ids in by_run.values()), by_run
-            assert {r["id"]: [int(r["pipeline_id"])] for r in runs} == by_run
+            assert {r["id"]: [int(r["pipeline"]["id"])] for r in runs} == by_run
             found = [r for r in runs if "found the pipeline" in r["cause"]]
             assert found, "no run was reconciled from a pipeline created before the crash"
         finally:

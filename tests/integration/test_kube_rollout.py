@@ -505,7 +505,7 @@ async def test_the_controller_rolls_back_a_worse_canary(model: Any, make_rollout
     finally:
         await w.stop()
     assert phases[-2:] == [Phase.ROLLING_BACK, Phase.ROLLED_BACK], phases
-    assert run.extra["previous_image"] == OLD and run.extra["measurements"][-1]["verdict"] == "fail"
+    assert run.previous_image == OLD and run.looks[-1].verdict.outcome.value == "fail"
     stable, canary = read(model, STABLE), read(model, CANARY)
     assert image_of(stable) == OLD and stable.spec.replicas == 10  # stable untouched
     assert canary.spec.replicas == 0 and image_of(canary) == IMAGE
@@ -546,8 +546,9 @@ async def test_a_restart_mid_analysis_resumes_the_same_step(model: Any, make_rol
         kubelet(admin, STABLE, CANARY)
         await w.minute(*EQUAL)
         after = await w.run(run_id)
-        assert after.extra["canary"]["step"] == before.extra["canary"]["step"]
-        assert after.extra["canary"]["step_started_at"] == before.extra["canary"]["step_started_at"]
+        assert before.canary is not None and after.canary is not None
+        assert after.canary.step == before.canary.step
+        assert after.canary.step_started_at == before.canary.step_started_at
         assert read(model, CANARY).metadata.generation == generation  # the restart changed nothing in the cluster
         phases = await drive(w, admin, run_id, EQUAL)
     finally:

@@ -10,11 +10,14 @@ import asyncio
 import os
 import shutil
 import struct
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from controller.core.runs import Phase
+from controller.core.judge import Outcome, Verdict
+from controller.core.runs import Phase, Run, Transition
+from controller.core.state import CanaryStage, CanaryState, Look
 from tests.infra.procs import require_binary
 from tests.unit.web.test_ops import make_env
 from tests.unit.web.test_pages import MEASUREMENTS
@@ -24,6 +27,7 @@ FLAGS = [
     "--disable-sync", "--no-first-run", "--hide-scrollbars",
 ]  # fmt: skip
 SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
+IMAGE = "registry.example/ml/search@sha256:" + "0f" * 32
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -52,8 +56,7 @@ async def test_pages_render_in_chromium(aiohttp_server, tmp_path):
     await env.post("/api/v1/models/search/pause", {"by": "alice", "reason": "index rebuild"})
     decision = await env.alert()
     await env.wait_phase(decision["run_id"], "training")
-    await env.put_run("c1", Phase.ANALYZING, model="search", measurements=MEASUREMENTS,
-                      canary={"step": 1, "stage": "judging"}, verdict={"outcome": "pass", "reason": "ok"})  # fmt: skip
+    await put_canary_run(env.store, "c1", model="search")
     base = str(env.client.make_url("")).rstrip("/")
     keep = os.environ.get("STATUS_PAGE_SHOTS")
     for page, path in (("status", "/"), ("run", "/runs/c1")):
@@ -66,6 +69,17 @@ async def test_pages_render_in_chromium(aiohttp_server, tmp_path):
             if keep:
                 Path(keep).mkdir(parents=True, exist_ok=True)
                 shutil.copy(out, Path(keep) / out.name)
+
+
+async def put_canary_run(store, run_id: str, model: str) -> None:
+    """A run in analysis at its second step with looks and a verdict, as if it had got there."""
+    now = datetime.now(timezone.utc)
+    run = Run(id=run_id, model=model, phase=Phase.ANALYZING, created_at=now, phase_entered_at=now,
+              deadline_at=now + timedelta(hours=2), reasons=("precision_drop",), image=IMAGE, cause="test",
+              looks=tuple(Look.from_json(m) for m in MEASUREMENTS),
+              canary=CanaryState(step=1, stage=CanaryStage.JUDGING, stage_since=now),
+              verdict=Verdict(Outcome.PASS, "ok"))  # fmt: skip
+    await store.create_run(run, Transition(run_id, now, None, Phase.ANALYZING, "test"))
 
 
 async def _client_on_port(aiohttp_server, app):

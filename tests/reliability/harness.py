@@ -20,7 +20,7 @@ from aiohttp import web
 
 from controller.adapters.clock import SystemClock
 from controller.adapters.sqlite_store import SqliteStore
-from controller.app import CONTROLLER, Adapters, create_app
+from controller.app import SERVICE, Adapters, create_app
 from controller.config import load_settings
 from controller.core.runs import Phase, Run, Transition
 from controller.web.server import quiet_protocol_errors, server_options
@@ -135,12 +135,12 @@ class Target:
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait until the reconcile loop has nothing left to do, so whatever it writes lands outside a window."""
-        controller = self.app[CONTROLLER]
+        service = self.app[SERVICE]
         end = self.loop.time() + timeout
         quiet = 0
         while quiet < 3:
             await asyncio.sleep(0)
-            quiet = quiet + 1 if _idle(controller) else 0
+            quiet = quiet + 1 if _idle(service) else 0
             if self.loop.time() > end:
                 raise AssertionError("the controller never went idle")
             if not quiet:
@@ -218,8 +218,8 @@ def _changed(before: tuple[int, dict[str, int]], after: tuple[int, dict[str, int
     return ", ".join(f"{t} {before[1].get(t)} -> {after[1].get(t)}" for t in moved)
 
 
-def _idle(controller: Any) -> bool:
-    if controller.wake.is_set() or controller._lock.locked():
+def _idle(service: Any) -> bool:
+    if service.ledger.wake.is_set() or service.ledger.lock.locked():
         return False
     for task in asyncio.all_tasks():
         if task.done():
@@ -227,7 +227,7 @@ def _idle(controller: Any) -> bool:
         if task.get_name().startswith("step-"):
             return False
         coro = task.get_coro()
-        if getattr(coro, "__qualname__", "") == "Controller.run_loop" and "Controller.tick" in _awaiting(coro):
+        if getattr(coro, "__qualname__", "") == "Reconciler.run_loop" and "Reconciler.tick" in _awaiting(coro):
             return False
     return True
 

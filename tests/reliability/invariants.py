@@ -20,7 +20,7 @@ TAKEN = STARTS | {"joined", "duplicate"}  # decisions that tie an episode to a r
 
 @dataclass
 class Snapshot:
-    runs: list[dict[str, Any]]  # id, phase, trigger, pipeline_id, image, extra (dict)
+    runs: list[dict[str, Any]]  # id, phase, trigger, pipeline_id, image, details (dict)
     transitions: list[dict[str, Any]]  # run_id, at, from_phase, to_phase, cause; in order
     decisions: list[dict[str, Any]]  # episode, decision, run_id, labels (dict)
     episodes: dict[str, str]  # episode -> run id
@@ -37,8 +37,8 @@ def snapshot(rig: Any, shots: list[str]) -> Snapshot:
     from tests.reliability.world import CONTAINER, _synced
 
     runs = [
-        {**dict(r), "extra": json.loads(r["extra"])}
-        for r in rig.read_store("SELECT id, phase, trigger, pipeline_id, image, extra FROM runs ORDER BY seq")
+        {**dict(r), "details": json.loads(r["details"])}
+        for r in rig.read_store("SELECT id, phase, trigger, pipeline_id, image, details FROM runs ORDER BY seq")
     ]
     transitions = [dict(r) for r in rig.read_store("SELECT run_id, at, from_phase, to_phase, cause FROM transitions"
                                                    " ORDER BY id")]  # fmt: skip
@@ -131,9 +131,9 @@ def promotion_needs_pass(s: Snapshot) -> list[str]:
         if t["to_phase"] != "promoting":
             continue
         promoted.add(t["run_id"])
-        measurements = (runs.get(t["run_id"]) or {}).get("extra", {}).get("measurements", [])
+        looks = (runs.get(t["run_id"]) or {}).get("details", {}).get("looks", [])
         at = _at(t["at"])
-        before = [m for m in measurements if _at(m["at"]) <= at]
+        before = [m for m in looks if _at(m["at"]) <= at]
         if not before or before[-1]["verdict"] != "pass":
             last = before[-1]["verdict"] if before else "none"
             out.append(f"run {t['run_id']} was promoted without a PASS recorded first (last verdict: {last})")

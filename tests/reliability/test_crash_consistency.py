@@ -30,10 +30,10 @@ def healthy() -> Snapshot:
     return Snapshot(
         runs=[
             {"id": "ra", "phase": "succeeded", "trigger": "alert", "pipeline_id": "1000", "image": IMG_A,
-             "extra": {"measurements": [{"at": "2026-11-24T10:00:03+00:00", "verdict": "inconclusive"},
-                                        {"at": "2026-11-24T10:00:04+00:00", "verdict": "pass"}]}},
+             "details": {"looks": [{"at": "2026-11-24T10:00:03+00:00", "verdict": "inconclusive"},
+                                   {"at": "2026-11-24T10:00:04+00:00", "verdict": "pass"}]}},
             {"id": "rb", "phase": "rolled_back", "trigger": "alert", "pipeline_id": "1001", "image": IMG_B,
-             "extra": {"measurements": [{"at": "2026-11-24T10:00:08+00:00", "verdict": "fail"}]}},
+             "details": {"looks": [{"at": "2026-11-24T10:00:08+00:00", "verdict": "fail"}]}},
         ],
         transitions=[
             {"run_id": "ra", "at": t.format(1), "from_phase": "triggering", "to_phase": "training", "cause": "pipeline started: 1000"},
@@ -90,10 +90,10 @@ BREAKS: dict[str, tuple[Callable[[Snapshot], None], str]] = {
     "stuck run": (lambda s: _run(s, "rb").update(phase="analyzing"), "run rb stuck in analyzing"),
     "deadline": (lambda s: s.transitions[7].update(cause="deadline: rolling_back took longer than 45s"),
                  "run rb hit a deadline"),  # fmt: skip
-    "promoted on an inconclusive look": (lambda s: _run(s, "ra")["extra"]["measurements"].pop(),
+    "promoted on an inconclusive look": (lambda s: _run(s, "ra")["details"]["looks"].pop(),
                                          "run ra was promoted without a PASS recorded first (last verdict: inconclusive)"),
     "PASS recorded only after promotion": (
-        lambda s: _run(s, "ra")["extra"]["measurements"][-1].update(at="2026-11-24T10:00:05.5+00:00"),
+        lambda s: _run(s, "ra")["details"]["looks"][-1].update(at="2026-11-24T10:00:05.5+00:00"),
         "run ra was promoted without a PASS",
     ),
     "succeeded without promoting": (lambda s: s.transitions.pop(3), "run ra succeeded without ever promoting"),

@@ -322,7 +322,7 @@ def test_the_run_loop_neither_loses_nor_repeats_a_transition_it_could_not_write(
     assert moves[second] == [(None, "queued"), ("queued", "triggering"), ("triggering", "training"),
                              ("training", "failed")]  # fmt: skip
     assert "pipeline succeeded without reporting an image" in c.run(first)["run"]["cause"]
-    assert c.run(second)["run"]["extra"]["trigger_attempts"] == 1  # launched once
+    assert c.run(second)["run"]["pipeline"]["trigger_attempts"] == 1  # launched once
     assert c.readyz()[0] == 200
 
 
