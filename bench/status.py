@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from controller.adapters.clock import SystemClock  # noqa: E402
-from controller.adapters.sqlite_store import SqliteStore  # noqa: E402
+from controller.adapters.sqlite import SqliteStore  # noqa: E402
 from controller.app import Adapters, create_app  # noqa: E402
 from controller.config import load_settings  # noqa: E402
 from controller.core.alerts import Notification  # noqa: E402

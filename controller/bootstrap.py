@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 
 from controller.adapters.clock import SystemClock
 from controller.adapters.command_runner import CommandRunner
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.config import CommandPipeline, GitlabPipeline, Settings
 from controller.core.canary import CanarySpec
 from controller.observability import Metrics

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from controller.adapters.clock import SystemClock
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.app import Adapters, create_app
 from controller.cli import main
 from controller.config import load_settings

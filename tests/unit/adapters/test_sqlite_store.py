@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.core.runs import LIVE, Phase, new_run, transition
 
 DEADLINES = {p: timedelta(hours=1) for p in Phase}

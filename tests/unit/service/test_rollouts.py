@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.config import load_settings
 from controller.core.callbacks import ImageEvent
 from controller.core.canary import CanaryPlan, Step

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.config import load_settings
 from controller.core.alerts import Notification
 from controller.core.runs import Phase, Transition

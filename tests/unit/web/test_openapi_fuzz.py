@@ -19,7 +19,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance  # noqa: E402
 
 from controller.adapters.clock import SystemClock  # noqa: E402
-from controller.adapters.sqlite_store import SqliteStore  # noqa: E402
+from controller.adapters.sqlite import SqliteStore  # noqa: E402
 from controller.app import Adapters, create_app  # noqa: E402
 from controller.config import load_settings  # noqa: E402
 from controller.web.openapi import document  # noqa: E402

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from controller.adapters.clock import SystemClock
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.app import Adapters, create_app
 from controller.config import load_settings
 from controller.core.callbacks import callback_token
