@@ -195,6 +195,16 @@ class Verdict:
 def judge(obs: Observation, config: JudgeConfig) -> Verdict:
     """The verdict for the counts so far. Order: source error, guardrail breach, missing or garbled counts,
     FAIL on evidence, guardrail without data, PASS (only past the minimums), else INCONCLUSIVE."""
+    refused = _unusable(obs)
+    if refused is not None:
+        return refused
+    assert obs.stable is not None and obs.canary is not None
+    ev = evidence(obs.stable, obs.canary, config)
+    return _weigh(obs, config, ev.statistic + obs.carried_statistic, ev.ratio, ev.design_effect)
+
+
+def _unusable(obs: Observation) -> Verdict | None:
+    """ERROR, FAIL on a guardrail, or NO_DATA before any evidence is weighed; None when the counts can be."""
     if obs.source is Source.ERROR:
         return Verdict(Outcome.ERROR, f"metrics source failed: {obs.detail or 'no detail'}")
     if obs.source is Source.UNFIT:
@@ -215,72 +225,57 @@ def judge(obs: Observation, config: JudgeConfig) -> Verdict:
         problem = _check_arm(name, arm)
         if problem is not None:
             return problem
-    assert obs.stable is not None and obs.canary is not None
+    return None
 
-    ev = evidence(obs.stable, obs.canary, config)
-    stat, ratio, deff = ev.statistic + obs.carried_statistic, ev.ratio, ev.design_effect
+
+def _weigh(obs: Observation, config: JudgeConfig, stat: float, ratio: float | None, deff: float) -> Verdict:
+    """FAIL on evidence; else what keeps a PASS back (a guardrail without data or tolerated over its bound,
+    too few trials, too young a step); else PASS or INCONCLUSIVE."""
+    assert obs.stable is not None and obs.canary is not None
     seen = _describe(obs.stable, obs.canary, ratio)
     margin = 1 - config.tolerance
     llr = f"log-LR {stat:.2f}" + (f" with {obs.carried_statistic:+.2f} carried" if obs.carried_statistic else "")
 
-    def verdict(outcome: Outcome, reason: str, threshold: float) -> Verdict:
-        return Verdict(outcome, reason, round(stat, 4), round(threshold, 4), _round(ratio), round(deff, 3))
+    def verdict(outcome: Outcome, reason: str, threshold: float | None) -> Verdict:
+        return Verdict(outcome, reason, round(stat, 4), None if threshold is None else round(threshold, 4),
+                       _round(ratio), round(deff, 3))  # fmt: skip
 
     if stat >= config.fail_above:
-        return verdict(
-            Outcome.FAIL,
-            f"{seen}: the canary is below the {margin:.2f}x margin ({llr} >= {config.fail_above:.2f} "
-            f"for {config.bad_ratio:.2f}x over {config.good_ratio:.2f}x stable)",
-            config.fail_above,
-        )
+        return verdict(Outcome.FAIL, f"{seen}: the canary is below the {margin:.2f}x margin ({llr} >= "
+                       f"{config.fail_above:.2f} for {config.bad_ratio:.2f}x over {config.good_ratio:.2f}x stable)",
+                       config.fail_above)  # fmt: skip
     missing = [g.name for g in obs.guardrails if not _has_value(g.value)]
     if missing:
-        return Verdict(
-            Outcome.NO_DATA,
-            f"guardrail {', '.join(missing)} has no data, so the canary cannot pass ({seen})",
-            round(stat, 4),
-            None,
-            _round(ratio),
-            round(deff, 3),
-        )
+        return verdict(Outcome.NO_DATA, f"guardrail {', '.join(missing)} has no data, so the canary cannot pass "
+                       f"({seen})", None)  # fmt: skip
     over = [g for g in obs.guardrails if g.tolerated and _has_value(g.value) and breached(g)]
     if over:
         shown_over = ", ".join(f"{g.name} {g.value:g}" for g in over)
         return verdict(Outcome.INCONCLUSIVE, f"{seen}: guardrail {shown_over} over its threshold, tolerated for now; "
                        "the canary cannot pass while it lasts", config.pass_below)  # fmt: skip
     if stat <= config.pass_below:
-        short = [
-            f"{name} has {arm.trials:g} trials"
-            for name, arm in (("stable", obs.stable), ("canary", obs.canary))
-            if arm.trials < config.min_trials
-        ]
-        if short:
-            return verdict(
-                Outcome.INCONCLUSIVE,
-                f"{seen}: evidence favours the canary but {' and '.join(short)}, under the minimum "
-                f"{config.min_trials:g}",
-                config.pass_below,
-            )
-        if obs.elapsed < config.min_duration:
-            return verdict(
-                Outcome.INCONCLUSIVE,
-                f"{seen}: evidence favours the canary but the step is {format_duration(obs.elapsed)} old, under the "
-                f"minimum {format_duration(config.min_duration)}",
-                config.pass_below,
-            )
-        return verdict(
-            Outcome.PASS,
-            f"{seen}: the canary is within the {margin:.2f}x margin ({llr} <= {config.pass_below:.2f} "
-            f"for {config.bad_ratio:.2f}x over {config.good_ratio:.2f}x stable)",
-            config.pass_below,
-        )
+        held = _held_back(obs, config)
+        if held:
+            return verdict(Outcome.INCONCLUSIVE, f"{seen}: evidence favours the canary but {held}", config.pass_below)
+        return verdict(Outcome.PASS, f"{seen}: the canary is within the {margin:.2f}x margin ({llr} <= "
+                       f"{config.pass_below:.2f} for {config.bad_ratio:.2f}x over {config.good_ratio:.2f}x stable)",
+                       config.pass_below)  # fmt: skip
     nearer = config.fail_above if stat > 0 else config.pass_below
-    return verdict(
-        Outcome.INCONCLUSIVE,
-        f"{seen}: not enough evidence either way yet ({llr}, FAIL at {config.fail_above:.2f}, "
-        f"PASS at {config.pass_below:.2f})",
-        nearer,
-    )
+    return verdict(Outcome.INCONCLUSIVE, f"{seen}: not enough evidence either way yet ({llr}, FAIL at "
+                   f"{config.fail_above:.2f}, PASS at {config.pass_below:.2f})", nearer)  # fmt: skip
+
+
+def _held_back(obs: Observation, config: JudgeConfig) -> str:
+    """Why a PASS must wait for the minimums (trials per arm, then the step's age); "" when it need not."""
+    assert obs.stable is not None and obs.canary is not None
+    short = [f"{name} has {arm.trials:g} trials" for name, arm in (("stable", obs.stable), ("canary", obs.canary))
+             if arm.trials < config.min_trials]  # fmt: skip
+    if short:
+        return f"{' and '.join(short)}, under the minimum {config.min_trials:g}"
+    if obs.elapsed < config.min_duration:
+        return (f"the step is {format_duration(obs.elapsed)} old, under the minimum "
+                f"{format_duration(config.min_duration)}")
+    return ""
 
 
 def evidence(stable: Arm, canary: Arm, config: JudgeConfig) -> Evidence:

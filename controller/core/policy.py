@@ -160,16 +160,21 @@ def _decide_one(
             else f"daily budget of {model.daily_budget} runs used"
         )
         return replace(base, kind=Kind.RATE_LIMITED, detail=f"{which}: {detail}", until=until), state
+    return _start(base, model.name, ms, state, now, config, next(new_ids))
 
-    run_id = next(new_ids)
+
+def _start(
+    base: Decision, model: str, ms: ModelState, state: PolicyState, now: datetime, config: PolicyConfig, run_id: str
+) -> tuple[Decision, PolicyState]:
+    """A new run: started when a slot is free and nobody waits, else queued behind the runs already waiting."""
     full = state.active_runs >= config.max_concurrent
     queued = full or state.waiting > 0  # a slot that just freed belongs to the oldest queued run
     ms = ModelState(live_run=run_id, last_ended_at=ms.last_ended_at, recent_starts=ms.recent_starts + (now,))
     state = replace(
         state,
-        models={**state.models, model.name: ms},
+        models={**state.models, model: ms},
         active_runs=state.active_runs + (0 if queued else 1),
-        handled={**state.handled, ep: run_id},
+        handled={**state.handled, base.episode: run_id},
         waiting=state.waiting + (1 if queued else 0),
     )
     if queued:
