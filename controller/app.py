@@ -13,6 +13,7 @@ from controller.adapters.gitlab import parse_pipeline_hook
 from controller.bootstrap import Adapters, build_adapters, build_service
 from controller.config import Settings
 from controller.observability import Metrics, get_logger
+from controller.ports import Closeable
 from controller.service import Service
 from controller.web import alerts, api, health, openapi, ops, pages, pipelines
 from controller.web.common import CTX, WebContext, json_errors, request_metrics
@@ -49,9 +50,8 @@ def create_app(settings: Settings, adapters: Adapters | None = None, metrics: Me
                 await task
         await service.reconciler.aclose()
         for part in [*adapters.runners.values(), *adapters.rollouts.values(), adapters.metrics_source]:
-            close = getattr(part, "aclose", None)
-            if close is not None:
-                await close()
+            if isinstance(part, Closeable):
+                await part.aclose()
         await adapters.store.close()
         log.info("store_closed")
 

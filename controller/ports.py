@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, runtime_checkable
 
 from controller.core.alerts import Alert
 from controller.core.canary import DeploymentStatus, RolloutStatus
@@ -253,3 +253,10 @@ class Rollout(Protocol):
     async def promote(self, image: str) -> None:
         """Stable runs `image`. The canary is left as it is: the controller scales it to 0 once stable is ready."""
         ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """An adapter holding connections, threads or processes: closed once, at shutdown. Fakes need not be."""
+
+    async def aclose(self) -> None: ...
