@@ -13,76 +13,42 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import math
 import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-import aiohttp
 import yaml
 from aiohttp import web
 
 from controller.demo.configs import FLOOR_SHARE, MIN_FOR, MIN_WINDOW, MODEL, TIME_FACTOR, Options, controller_config
 from controller.demo.configs import prepare_workdir, prometheus_config
 from controller.demo.meter import Meter
+from controller.demo.narrator import Narrator, fmt
 from controller.demo.processes import ALERTMANAGER, PROMETHEUS, DemoError, alertmanager, find_binary, free_port
 from controller.demo.processes import free_ports, kill_pipelines, port_free, prometheus
 from controller.demo.simulation import Simulation
-from controller.demo.story import PRECISION_ALERT, Story, check
 from controller.demo.timescale import demo_alertmanager, demo_rules
 from controller.demo.train import BAD_MODEL_FILE
-
-@dataclass
-class Outcome:
-    story: Story | None = None
-    run_id: str | None = None
-    precision_before: float | None = None
-    precision_at_alert: float | None = None
-    precision_after: float | None = None
-    offline: dict[str, float] = field(default_factory=dict)
+from controller.demo.watcher import Outcome, Watcher
 
 
 class Demo:
     def __init__(self, opts: Options, out: TextIO):
         self.opts = opts
-        self.out = out
-        self.tty = out.isatty()
         self.t0 = time.monotonic()
+        self.narrator = Narrator(out, self.t0)
         self.meter = Meter()
         self.signal: int | None = None
         self._log_file: TextIO | None = None
         self.result = Outcome()
         self.stop = asyncio.Event()
-        self._status = ""
-        self._run_line = ""
-        self._last_look: dict[str, tuple[object, object]] = {}
-        self.day = 0
-
-    # ---- output ----------------------------------------------------------------------------------------------
 
     def say(self, line: str) -> None:
-        stamp = f"t+{time.monotonic() - self.t0:5.1f}s  "
-        clear, redraw = ("\r\x1b[K", self._status) if self.tty and self._status else ("", "")
-        self._write(clear + stamp + line + "\n" + redraw)
-
-    def status_line(self, line: str, new_day: bool = False) -> None:
-        self._status = line
-        if self.tty:
-            self._write("\r\x1b[K" + line)
-        elif new_day:  # not a terminal (a pipe, a CI log): the summary once per simulated day
-            self._write(f"t+{time.monotonic() - self.t0:5.1f}s  {line}\n")
-
-    def _write(self, text: str) -> None:
-        try:
-            self.out.write(text)
-            self.out.flush()
-        except (OSError, ValueError):  # the terminal went away: keep stopping cleanly regardless
-            pass
+        self.narrator.say(line)
 
     def precision(self, track: str, days: float = 1.0) -> float | None:
         now = time.monotonic()
@@ -107,6 +73,21 @@ class Demo:
         """Start everything, registering how to stop each part as it starts (undone in reverse, each on its own)."""
         opts, work = self.opts, self.opts.workdir.resolve()
         prom_port, am_port = free_ports(2, avoid=port)
+        sim, floor = await self._simulate(work)
+        token = self._configure(stack, sim, work, floor, port, prom_port, am_port)
+        await self._start_monitoring(stack, work, prom_port, am_port)
+        stack.callback(_safely, kill_pipelines, work / "pipelines")  # after the controller stopped starting them
+        runner = await self._start_controller(sim, port, prom_port, token)
+        stack.push_async_callback(runner.cleanup)
+        self.say(f"Prometheus http://127.0.0.1:{prom_port}/alerts  Alertmanager http://127.0.0.1:{am_port}/")
+        self.say(f"status page http://127.0.0.1:{port}/   logs and data in {work}/")
+        self.say("precision@k decays as users' tastes drift; watch for the alert" +
+                 ("" if opts.once else "  (Ctrl-C stops everything)"))  # fmt: skip
+        await self._until_done(stack, sim, runner, prom_port)
+
+    async def _simulate(self, work: Path) -> tuple[Simulation, float]:
+        """The service with its first model and a day of traffic; returns it and the demo's alert floor."""
+        opts = self.opts
         self.say(f"simulating a recommender (seed {opts.seed}): 7 days of history, first model ...")
         sim = Simulation(work / "data", work / "models", seed=opts.seed, requests_per_day=opts.requests_per_day)
         sim.rollout.settle_s = 1.0  # a pod takes a moment to become ready
@@ -120,7 +101,12 @@ class Demo:
         if opts.bad_model:
             (work / "models" / BAD_MODEL_FILE).touch()
             self.say("--bad-model: the next model trained will rank upside down")
+        return sim, floor
 
+    def _configure(self, stack: contextlib.AsyncExitStack, sim: Simulation, work: Path, floor: float, port: int,
+                   prom_port: int, am_port: int) -> str:  # fmt: skip
+        """Rules, Alertmanager and Prometheus configs in the working directory; returns Alertmanager's token."""
+        opts = self.opts
         rules = []
         for name in ("recording-rules.yml", "alert-rules.yml"):
             text = demo_rules((opts.rules_dir / name).read_text(), TIME_FACTOR, MIN_WINDOW, floor, MIN_FOR)
@@ -136,7 +122,10 @@ class Demo:
         metrics = sim.service.serve_metrics(0)
         stack.callback(_safely, metrics.close)
         (work / "prometheus.yml").write_text(prometheus_config(rules, am_port, metrics.port, port))
+        return token
 
+    async def _start_monitoring(self, stack: contextlib.AsyncExitStack, work: Path, prom_port: int,
+                                am_port: int) -> None:  # fmt: skip
         children = [prometheus(work, prom_port, work / "prometheus.yml"),
                     alertmanager(work, am_port, work / "alertmanager.yml")]  # fmt: skip
         for child in children:
@@ -145,17 +134,18 @@ class Demo:
         for child, p in zip(children, (prom_port, am_port)):
             await asyncio.to_thread(child.wait_ready, f"http://127.0.0.1:{p}/-/ready")
             self._check_stop()
-        stack.callback(_safely, kill_pipelines, work / "pipelines")  # after the controller stopped starting them
-        runner = await self._start_controller(sim, port, prom_port, token)
-        stack.push_async_callback(runner.cleanup)
-        self.say(f"Prometheus http://127.0.0.1:{prom_port}/alerts  Alertmanager http://127.0.0.1:{am_port}/")
-        self.say(f"status page http://127.0.0.1:{port}/   logs and data in {work}/")
-        self.say("precision@k decays as users' tastes drift; watch for the alert" +
-                 ("" if opts.once else "  (Ctrl-C stops everything)"))  # fmt: skip
-        tasks = [asyncio.create_task(self._traffic(sim)), asyncio.create_task(self._watch(runner, prom_port))]
+
+    async def _until_done(self, stack: contextlib.AsyncExitStack, sim: Simulation, runner: web.AppRunner,
+                          prom_port: int) -> None:  # fmt: skip
+        """Traffic and watching until a signal, a failure, the end of the --once story, or its timeout."""
+        from controller.app import SERVICE
+
+        opts = self.opts
+        watcher = Watcher(opts, runner.app[SERVICE].views.store, self.narrator, self.meter, self.precision, self.result)
+        tasks = [asyncio.create_task(self._traffic(sim)), asyncio.create_task(watcher.run(prom_port))]
         stack.push_async_callback(_cancel, tasks)
-        if self.tty:
-            stack.callback(self._write, "\r\x1b[K")
+        if self.narrator.tty:
+            stack.callback(self.narrator.write, "\r\x1b[K")
         stopper = asyncio.create_task(self.stop.wait())
         done, _ = await asyncio.wait([stopper, *tasks], timeout=opts.timeout_s if opts.once else None,
                                      return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
@@ -215,114 +205,8 @@ class Demo:
             while elapsed >= (day + 1) * opts.day_seconds:
                 await asyncio.to_thread(sim.record_day)
                 day += 1
-            self.day = day
-            self._show(sim, new_day)
-
-    def _show(self, sim: Simulation, new_day: bool) -> None:
-        stable, canary = self.precision("stable"), self.precision("canary", 0.5)
-        share = sim.service.canary_share
-        line = f"day {self.day:3d}  precision@{sim.service.k} stable {_f(stable)}"
-        if share:
-            line += f"  canary {_f(canary)} ({share:.0%} of traffic)"
-        line += f"  {self._run_line}" if self._run_line else ""
-        self.status_line(line, new_day)
-
-    async def _watch(self, runner: web.AppRunner, prom_port: int) -> None:
-        """Tells what happens (alerts in Prometheus, decisions, phases, verdicts) and ends the --once story."""
-        from controller.app import SERVICE
-
-        store = runner.app[SERVICE].views.store
-        alerts_seen: dict[str, str] = {}
-        decisions_seen: set[int] = set()
-        phases: dict[str, str] = {}
-        looks: dict[str, int] = {}
-        first_run: str | None = None
-        ended_at: float | None = None
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while True:
-                await asyncio.sleep(0.5)
-                await self._prometheus_alerts(http, prom_port, alerts_seen)
-                for d in reversed(await store.list_decisions(50, model=MODEL)):
-                    if d["id"] in decisions_seen:
-                        continue
-                    decisions_seen.add(d["id"])
-                    if d["status"] == "resolved":
-                        self.say(f"controller: {d['alertname']} resolved (recorded, nothing to do)")
-                        continue
-                    run = f" -> run {d['run_id']}" if d.get("run_id") else ""
-                    self.say(f"controller: alert {d['alertname']} {d['decision']}{run}")
-                    if d["alertname"] == PRECISION_ALERT and d["decision"] in ("accepted", "joined"):
-                        if self.result.precision_at_alert is None:
-                            self.result.precision_at_alert = self.precision("stable")
-                runs = sorted(await store.list_runs(20, model=MODEL), key=lambda r: r.created_at)
-                for r in runs:
-                    first_run = first_run or r.id
-                    self._narrate(r, phases, looks)
-                active = [r for r in runs if not r.phase.terminal]
-                self._run_line = f"run {active[-1].id[:8]} {active[-1].phase.value}" if active else ""
-                if not self.opts.once or first_run is None:
-                    continue
-                run = next(r for r in runs if r.id == first_run)
-                if not run.phase.terminal:
-                    continue
-                if ended_at is None:
-                    ended_at = time.monotonic()
-                    self.say("measuring stable's precision@k over the next simulated day ...")
-                if time.monotonic() - ended_at < self.opts.day_seconds:
-                    continue
-                self.result.precision_after = self.meter.precision("stable", ended_at)
-                history = await store.history(run.id)
-                decisions = await store.list_decisions(500, run_id=run.id)
-                expect = "rolled_back" if self.opts.bad_model else "promoted"
-                self.result.story = check(run, history, decisions, expect)
-                self.result.run_id = run.id
-                self.result.offline = dict(run.offline_metrics)
-                return
-
-    async def _prometheus_alerts(self, http: aiohttp.ClientSession, port: int, seen: dict[str, str]) -> None:
-        try:
-            async with http.get(f"http://127.0.0.1:{port}/api/v1/alerts") as resp:
-                alerts = (await resp.json())["data"]["alerts"]
-        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
-            return
-        now = {}
-        for a in alerts:
-            if a["labels"].get("model") == MODEL:
-                now[a["labels"]["alertname"]] = (a["state"], a.get("value", ""))
-        for name, (state, value) in now.items():
-            if seen.get(name) != state:
-                seen[name] = state
-                self.say(f"Prometheus: {name} {state} (value {_f(_num(value))})")
-        for name in [n for n in seen if n not in now]:
-            del seen[name]
-            self.say(f"Prometheus: {name} no longer active")
-
-    def _narrate(self, run: Any, phases: dict[str, str], looks: dict[str, int]) -> None:
-        short = run.id[:8]
-        self._narrate_looks(run, short, looks)
-        if phases.get(run.id) != run.phase.value:
-            old = phases.get(run.id)
-            phases[run.id] = run.phase.value
-            reasons = f" for {','.join(run.reasons)}" if old is None else ""
-            self.say(f"run {short}: {old + ' -> ' if old else ''}{run.phase.value}{reasons}: {run.cause}")
-            metrics = dict(run.offline_metrics)
-            if run.phase.value == "deploying" and metrics:
-                k = next((m for m in metrics if m.startswith("precision_at_") and m.endswith("_new")), None)
-                if k:
-                    prod = metrics.get(k.replace("_new", "_prod"))
-                    self.say(f"run {short}: offline {k.removesuffix('_new').replace('_at_', '@')} on the held-out day:"
-                             f" production model {_f(_num(prod))}, new model {_f(_num(metrics[k]))}")  # fmt: skip
-
-    def _narrate_looks(self, run: Any, short: str, looks: dict[str, int]) -> None:
-        # One line per look only when its step or verdict changes: a look a second would drown the story.
-        measurements = [look.to_json() for look in run.looks]
-        for m in measurements[looks.get(run.id, 0):]:
-            said = (m["step"], m["verdict"])
-            if said != self._last_look.get(run.id):
-                self._last_look[run.id] = said
-                ratio = f", canary/stable {m['ratio']:.2f}" if isinstance(m.get("ratio"), (int, float)) else ""
-                self.say(f"run {short}: canary step {m['step']} ({m['weight']}%): {m['verdict']}{ratio}: {m['reason']}")
-        looks[run.id] = len(measurements)
+            self.narrator.day(day, sim.service.k, self.precision("stable"), self.precision("canary", 0.5),
+                              sim.service.canary_share, new_day)
 
     def _finish(self) -> int:
         r = self.result
@@ -330,7 +214,7 @@ class Demo:
             return 0
         if self.signal is not None and r.story is None:
             self.say("interrupted before the story ended")
-            self._write(json.dumps({"outcome": None, "ok": False, "error": "interrupted"}) + "\n")
+            self.narrator.write(json.dumps({"outcome": None, "ok": False, "error": "interrupted"}) + "\n")
             return 128 + self.signal
         story = r.story
         if story is None:
@@ -343,10 +227,11 @@ class Demo:
         if r.offline:
             k = next((m for m in r.offline if m.startswith("precision_at_") and m.endswith("_new")), "")
             if k:
-                self.say(f"offline precision@k on the same held-out day: production model "
-                         f"{_f(r.offline.get(k.replace('_new', '_prod')))}, new model {_f(r.offline[k])}")  # fmt: skip
-        self.say(f"online precision@k: before {_f(r.precision_before)}, at the alert {_f(r.precision_at_alert)},"
-                 f" after {_f(r.precision_after)}")  # fmt: skip
+                prod = r.offline.get(k.replace("_new", "_prod"))
+                self.say(f"offline precision@k on the same held-out day: production model {fmt(prod)},"
+                         f" new model {fmt(r.offline[k])}")  # fmt: skip
+        self.say(f"online precision@k: before {fmt(r.precision_before)}, at the alert {fmt(r.precision_at_alert)},"
+                 f" after {fmt(r.precision_after)}")  # fmt: skip
         summary = {
             "outcome": outcome,
             "precision_before": _round(r.precision_before),
@@ -356,19 +241,8 @@ class Demo:
             "run_id": r.run_id,
             "ok": ok,
         }
-        self._write(json.dumps(summary) + "\n")
+        self.narrator.write(json.dumps(summary) + "\n")
         return 0 if ok else 1
-
-
-def _f(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-
-
-def _num(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _round(value: float | None) -> float | None:

@@ -29,7 +29,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
+
+import numpy as np
 
 from controller.demo.model import Model, offline_precision_at_k, train
 from controller.demo.rollout import PRODUCTION_FILE, ModelRegistry
@@ -105,8 +109,47 @@ class Callbacks:
         raise CallbackError(f"callback {what}: gave up after {self.attempts} attempts: {last}")
 
 
+@dataclass(frozen=True)
+class Data:
+    fit: Interactions
+    heldout: Interactions
+    item_category: np.ndarray
+    n_users: int
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
+    args = parse_args(argv, env)
+    run_id = env.get("RETRAIN_RUN_ID", "manual")
+    cb = Callbacks(env.get("RETRAIN_CALLBACK_URL"), env.get("RETRAIN_CALLBACK_TOKEN"))
+    registry = ModelRegistry(args.models_dir)
+    bad_file = registry.directory / BAD_MODEL_FILE
+    bad = args.bad_model or bad_file.exists()
+    seed = int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:4], "big")
+    stage = "fetch-data"  # the stage a failure is reported against
+    try:
+        data = fetch_data(args, cb)
+        stage = "train"
+        model, train_s = train_model(data, cb, bad_file, bad, seed)
+        stage = "evaluate"
+        metrics = evaluate(model, data, registry, args.k, train_s, cb)
+        stage = "build"
+        image = build(model, registry, cb)
+    except CallbackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 (any failure of a stage is reported, then the job fails)
+        print(f"error in {stage}: {exc}", file=sys.stderr)
+        try:
+            cb.stage(stage, "failed", str(exc))
+            cb.failed(stage, f"{type(exc).__name__}: {exc}")
+        except CallbackError as cb_exc:
+            print(f"error: {cb_exc}", file=sys.stderr)
+        return 1
+    return report(cb, run_id, image, metrics)
+
+
+def parse_args(argv: list[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m controller.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=env.get("DEMO_DATA_DIR"), help="day files (env DEMO_DATA_DIR)")
     p.add_argument("--models-dir", default=env.get("DEMO_MODELS_DIR"), help="model registry (env DEMO_MODELS_DIR)")
@@ -119,61 +162,60 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         p.error("--data-dir and --models-dir (or DEMO_DATA_DIR and DEMO_MODELS_DIR) are required")
     if not 0 < args.holdout_days < args.window_days:
         p.error("need 0 < --holdout-days < --window-days")
+    return args
 
-    run_id = env.get("RETRAIN_RUN_ID", "manual")
-    cb = Callbacks(env.get("RETRAIN_CALLBACK_URL"), env.get("RETRAIN_CALLBACK_TOKEN"))
-    registry = ModelRegistry(args.models_dir)
-    bad_file = registry.directory / BAD_MODEL_FILE
-    bad = args.bad_model or bad_file.exists()
-    seed = int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:4], "big")
-    stage = "fetch-data"
-    try:
-        cb.stage(stage, "running")
-        days = read_days(args.data_dir, args.window_days)
-        if len(days) <= args.holdout_days:
-            raise ValueError(f"need more than {args.holdout_days} day files in {args.data_dir}, found {len(days)}")
-        item_category, n_users = read_catalog(args.data_dir)
-        fit = Interactions.concat(days[: -args.holdout_days])
-        heldout = Interactions.concat(days[-args.holdout_days :])
-        cb.stage(stage, "success", f"{len(fit)} clicks to train on, {len(heldout)} held out ({len(days)} days)")
 
-        stage = "train"
-        cb.stage(stage, "running", "bad model requested" if bad else "")
-        started = time.monotonic()
-        model = train(fit, n_users, len(item_category), seed=seed, bad=bad, item_category=item_category)
-        train_s = time.monotonic() - started
-        if bad_file.exists():
-            bad_file.unlink(missing_ok=True)
-        cb.stage(stage, "success", f"model {model.version} in {train_s:.2f}s")
+def fetch_data(args: argparse.Namespace, cb: Callbacks) -> Data:
+    cb.stage("fetch-data", "running")
+    days = read_days(args.data_dir, args.window_days)
+    if len(days) <= args.holdout_days:
+        raise ValueError(f"need more than {args.holdout_days} day files in {args.data_dir}, found {len(days)}")
+    item_category, n_users = read_catalog(args.data_dir)
+    fit = Interactions.concat(days[: -args.holdout_days])
+    heldout = Interactions.concat(days[-args.holdout_days :])
+    cb.stage("fetch-data", "success", f"{len(fit)} clicks to train on, {len(heldout)} held out ({len(days)} days)")
+    return Data(fit, heldout, item_category, n_users)
 
-        stage = "evaluate"
-        cb.stage(stage, "running")
-        metrics: dict[str, float] = {
-            f"precision_at_{args.k}_new": round(offline_precision_at_k(model, heldout, args.k), 6),
-            "train_clicks": float(len(fit)),
-            "heldout_clicks": float(len(heldout)),
-            "train_seconds": round(train_s, 3),
-        }
-        prod = _production(registry)
-        if prod is not None:
-            metrics[f"precision_at_{args.k}_prod"] = round(offline_precision_at_k(prod, heldout, args.k), 6)
-        cb.stage(stage, "success", json.dumps(metrics, separators=(",", ":")))
 
-        stage = "build"
-        cb.stage(stage, "running")
-        image = registry.push(model)
-        cb.stage(stage, "success", image)
-    except CallbackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 (any failure of a stage is reported, then the job fails)
-        print(f"error in {stage}: {exc}", file=sys.stderr)
-        try:
-            cb.stage(stage, "failed", str(exc))
-            cb.failed(stage, f"{type(exc).__name__}: {exc}")
-        except CallbackError as cb_exc:
-            print(f"error: {cb_exc}", file=sys.stderr)
-        return 1
+def train_model(data: Data, cb: Callbacks, bad_file: Path, bad: bool, seed: int) -> tuple[Model, float]:
+    """The model and its training time; a requested bad model consumes the request file."""
+    cb.stage("train", "running", "bad model requested" if bad else "")
+    started = time.monotonic()
+    n_items = len(data.item_category)
+    model = train(data.fit, data.n_users, n_items, seed=seed, bad=bad, item_category=data.item_category)
+    train_s = time.monotonic() - started
+    if bad_file.exists():
+        bad_file.unlink(missing_ok=True)
+    cb.stage("train", "success", f"model {model.version} in {train_s:.2f}s")
+    return model, train_s
+
+
+def evaluate(model: Model, data: Data, registry: ModelRegistry, k: int, train_s: float,
+             cb: Callbacks) -> dict[str, float]:  # fmt: skip
+    """Offline precision@k of the new model and of the production one, on the same held-out days."""
+    cb.stage("evaluate", "running")
+    metrics: dict[str, float] = {
+        f"precision_at_{k}_new": round(offline_precision_at_k(model, data.heldout, k), 6),
+        "train_clicks": float(len(data.fit)),
+        "heldout_clicks": float(len(data.heldout)),
+        "train_seconds": round(train_s, 3),
+    }
+    prod = _production(registry)
+    if prod is not None:
+        metrics[f"precision_at_{k}_prod"] = round(offline_precision_at_k(prod, data.heldout, k), 6)
+    cb.stage("evaluate", "success", json.dumps(metrics, separators=(",", ":")))
+    return metrics
+
+
+def build(model: Model, registry: ModelRegistry, cb: Callbacks) -> str:
+    cb.stage("build", "running")
+    image = registry.push(model)
+    cb.stage("build", "success", image)
+    return image
+
+
+def report(cb: Callbacks, run_id: str, image: str, metrics: dict[str, float]) -> int:
+    """The image event to the controller, then the result on stdout."""
     try:
         cb.image(image, metrics)
     except CallbackError as exc:
