@@ -15,7 +15,7 @@ import pytest
 
 from controller.adapters.clock import SystemClock
 from controller.adapters.prometheus import PrometheusSource
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.bootstrap import Adapters, build_service
 from controller.config import load_settings
 from controller.core.alerts import Notification

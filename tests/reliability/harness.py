@@ -19,7 +19,7 @@ from typing import Any, Coroutine, TypeVar
 from aiohttp import web
 
 from controller.adapters.clock import SystemClock
-from controller.adapters.sqlite_store import SqliteStore
+from controller.adapters.sqlite import SqliteStore
 from controller.app import SERVICE, Adapters, create_app
 from controller.config import load_settings
 from controller.core.runs import Phase, Run, Transition
