@@ -118,8 +118,12 @@ def build_service(
     pipelines = PipelineTracker(ledger, adapters.store, adapters.runners, metrics,
                                 callback_secret=secret.get_secret_value() if secret else None,
                                 callback_base_url=callback_base_url(settings))  # fmt: skip
-    given = settings.canary_specs() if specs is None else specs
-    specs = {name: spec for name, spec in given.items() if name in adapters.rollouts}
+    if specs is None:
+        specs = settings.canary_specs()
+        missing = sorted(set(specs) - set(adapters.rollouts))
+        if missing:  # without one the model would end `succeeded` with nothing deployed
+            raise ValueError(f"model(s) {', '.join(missing)} have a canary in config but no rollout")
+    specs = {name: spec for name, spec in specs.items() if name in adapters.rollouts}
     canaries: dict[str, CanaryRoom] = {}
     for name, spec in specs.items():
         if adapters.metrics_source is None:

@@ -91,7 +91,9 @@ class ReadStore(Protocol):
 class OpsStore(Protocol):
     """Operator actions: runs started by hand, model pauses, and the audit trails of both."""
 
-    async def create_run(self, run: Run, transition: Transition) -> None: ...
+    async def create_run(self, run: Run, transition: Transition, audit: AuditEntry | None = None) -> None:
+        """A run started by an operator, with its first transition and the action's audit entry, in one commit."""
+        ...
 
     async def audit_run(self, run_id: str, entry: AuditEntry) -> None: ...
 

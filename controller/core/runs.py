@@ -13,12 +13,14 @@ from typing import Any, Mapping
 from controller.core.durations import format_duration
 from controller.core.judge import Verdict
 from controller.core.state import (
+    EPOCH,
     CanaryState,
     Json,
     Look,
     Pause,
     Stage,
     TriggerAttempts,
+    at,
     verdict_from_json,
     verdict_to_json,
 )
@@ -146,8 +148,11 @@ class Run:
         return {k: v for k, v in out.items() if v not in (None, [], {})}
 
 
-def details_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Run fields from what `details_json` wrote, or from a schema-4 store's loose `extra` keys."""
+def details_from_json(data: object, fallback: datetime = EPOCH) -> dict[str, Any]:
+    """Run fields from what `details_json` wrote, or from a schema-4 store's loose `extra` keys. Never raises:
+    a value it cannot read is left out (a run must stay movable whatever an old or damaged store holds).
+    `fallback` stands in for a pause whose start was not recorded (the run's phase entry, say)."""
+    data = data if isinstance(data, Mapping) else {}
     attempts = data.get("trigger_attempts")
     if isinstance(attempts, Mapping):
         tries = TriggerAttempts.from_json(attempts)
@@ -157,22 +162,35 @@ def details_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(pause, Mapping):
         paused = Pause.from_json(pause)
     else:  # schema 4: a flag and its time
-        paused = Pause.from_json({"since": data.get("paused_at")}) if data.get("paused") else None
+        paused = Pause(at(data.get("paused_at")) or fallback) if data.get("paused") else None
     looks = data.get("looks", data.get("measurements"))
     canary, verdict = data.get("canary"), data.get("verdict")
     return {
         "attempts": tries,
-        "stages": tuple(Stage.from_json(s) for s in data.get("stages") or () if isinstance(s, Mapping)),
-        "offline_metrics": {str(k): float(v) for k, v in (data.get("offline_metrics") or {}).items()},
+        "stages": tuple(Stage.from_json(s) for s in _list(data.get("stages")) if isinstance(s, Mapping)),
+        "offline_metrics": {str(k): float(v) for k, v in _map(data.get("offline_metrics")).items()
+                            if isinstance(v, (int, float))},
         "pause": paused,
-        "previous_image": data.get("previous_image") or None,
-        "restore_stable": data.get("restore_stable") or None,
+        "previous_image": _str(data.get("previous_image")),
+        "restore_stable": _str(data.get("restore_stable")),
         "canary": CanaryState.from_json(canary) if isinstance(canary, Mapping) and canary else None,
         "verdict": verdict_from_json(verdict) if isinstance(verdict, Mapping) and verdict else None,
-        "looks": tuple(Look.from_json(m) for m in looks or () if isinstance(m, Mapping)),
-        "retry_of": data.get("retry_of") or None,
-        "manual_reason": data.get("manual_reason") or None,
+        "looks": tuple(look for m in _list(looks) if isinstance(m, Mapping) and (look := Look.from_json(m))),
+        "retry_of": _str(data.get("retry_of")),
+        "manual_reason": _str(data.get("manual_reason")),
     }
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _deadline(phase: Phase, now: datetime, deadlines: Mapping[Phase, timedelta]) -> datetime | None:

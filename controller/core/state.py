@@ -7,7 +7,7 @@ forward by its migration and a run written before it read the same.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any, Mapping
 
@@ -23,8 +23,18 @@ def ts(value: datetime | None) -> str | None:
     return format_ts(value) if value is not None else None
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def at(value: object) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+    """A stored time; None when missing or unreadable. A time without a zone is UTC, as every stored time is."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
 def _map(value: object) -> Mapping[str, Any]:
@@ -32,11 +42,16 @@ def _map(value: object) -> Mapping[str, Any]:
 
 
 def _floats(value: object) -> dict[str, float]:
-    return {str(k): float(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+    """Numbers by name; anything that is not a number is left out."""
+    return {str(k): float(v) for k, v in _map(value).items() if isinstance(v, (int, float))}
 
 
 def _opt_float(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, (int, float)) else 0
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,7 @@ class TriggerAttempts:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TriggerAttempts:
-        return cls(int(data.get("count") or 0), at(data.get("last_at")))
+        return cls(_int(data.get("count")), at(data.get("last_at")))
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,9 @@ def verdict_to_json(v: Verdict) -> Json:
 
 
 def verdict_from_json(data: Mapping[str, Any]) -> Verdict:
-    return Verdict(Outcome(str(data.get("outcome", "no_data"))), str(data.get("reason", "")),
+    outcome = data.get("outcome")
+    known = outcome in {o.value for o in Outcome}
+    return Verdict(Outcome(str(outcome)) if known else Outcome.ERROR, str(data.get("reason", "")),
                    _opt_float(data.get("statistic")), _opt_float(data.get("threshold")),
                    _opt_float(data.get("ratio")), _opt_float(data.get("design_effect")))  # fmt: skip
 
@@ -114,13 +131,17 @@ class Look:
                 "stable": dict(self.stable), "canary": dict(self.canary), "guardrails": dict(self.guardrails)}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Look:
+    def from_json(cls, data: Mapping[str, Any]) -> Look | None:
+        """None for a look without a readable time: it cannot be placed on the chart."""
+        when = at(data.get("at"))
+        if when is None:
+            return None
         guardrails = _map(data.get("guardrails"))
         return cls(
-            at=at(data.get("at")) or datetime.min,
-            step=int(data.get("step") or 0),
-            weight=int(data.get("weight") or 0),
-            verdict=verdict_from_json({**data, "outcome": data.get("verdict", "no_data")}),
+            at=when,
+            step=_int(data.get("step")),
+            weight=_int(data.get("weight")),
+            verdict=verdict_from_json({**data, "outcome": data.get("verdict")}),
             stable=_floats(data.get("stable")),
             canary=_floats(data.get("canary")),
             guardrails={str(k): _opt_float(v) for k, v in guardrails.items()},
@@ -164,21 +185,24 @@ class CanaryState:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CanaryState:
         tallies, totals, breaches = _map(data.get("tallies")), _map(data.get("totals")), _map(data.get("breaches"))
+        stage = data.get("stage")
         return cls(
-            step=int(data.get("step") or 0),
-            stage=CanaryStage(str(data.get("stage") or CanaryStage.ROLLING.value)),
-            stage_since=at(data.get("stage_since")) or datetime.min,
+            step=_int(data.get("step")),
+            # Unknown stage: roll to the step again, which takes a fresh baseline.
+            stage=CanaryStage(stage) if stage in {s.value for s in CanaryStage} else CanaryStage.ROLLING,
+            # Unknown start: the wait for a ready canary is over, so an unready one rolls back at once.
+            stage_since=at(data.get("stage_since")) or EPOCH,
             analysis_started_at=at(data.get("analysis_started_at")),
             step_started_at=at(data.get("step_started_at")),
             last_look_at=at(data.get("last_look_at")),
-            tallies={str(m): {str(arm): Tally.from_dict(t) for arm, t in by_arm.items()}
+            tallies={str(m): {str(arm): Tally.from_dict(t) for arm, t in by_arm.items() if isinstance(t, Mapping)}
                      for m, by_arm in tallies.items() if isinstance(by_arm, Mapping)},  # fmt: skip
             totals={str(arm): _floats(counts) for arm, counts in totals.items()},
-            bad_looks=int(data.get("bad_looks") or 0),
-            looks=int(data.get("looks") or 0),
-            carried=float(data.get("carried") or 0.0),
-            breaches={str(k): int(v) for k, v in breaches.items()},
-            resets=int(data.get("resets") or 0),
+            bad_looks=_int(data.get("bad_looks")),
+            looks=_int(data.get("looks")),
+            carried=_opt_float(data.get("carried")) or 0.0,
+            breaches={str(k): _int(v) for k, v in breaches.items()},
+            resets=_int(data.get("resets")),
         )
 
 
@@ -205,8 +229,8 @@ class AuditEntry:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> AuditEntry:
-        return cls(at(data.get("at")) or datetime.min, str(data.get("action", "")), str(data.get("by", "")),
+    def from_json(cls, data: Mapping[str, Any], fallback: datetime = EPOCH) -> AuditEntry:
+        return cls(at(data.get("at")) or fallback, str(data.get("action", "")), str(data.get("by", "")),
                    str(data.get("reason", "")), bool(data.get("changed", True)), str(data.get("detail", "")),
                    data.get("retry_of") or None, data.get("new_run") or None)  # fmt: skip
 

@@ -81,9 +81,9 @@ class Driver:
         await self.rollout.set_canary(image, replicas)
         return await self.rollout.status()
 
-    async def promote(self, image: str) -> RolloutStatus:
-        """Stable first; the canary's pods go only once stable runs the image on every pod, all ready."""
-        status = await self.rollout.status()
+    async def promote(self, image: str, status: RolloutStatus) -> RolloutStatus:
+        """Stable first; the canary's pods go only once stable runs the image on every pod, all ready.
+        `status` is the one just read, so a tick reads it once before acting."""
         if not stable_on(status, image):
             await self.rollout.promote(image)
             status = await self.rollout.status()
@@ -223,7 +223,7 @@ class CanaryRoom:
                    f"{s.ready_replicas}/{s.replicas} ready, {s.updated_replicas} updated; restoring {previous}")
             await self.ledger.move(run, Phase.ROLLING_BACK, why, lambda r: replace(r, restore_stable=previous))
             return
-        status = await self.driver.promote(run.image)
+        status = await self.driver.promote(run.image, status)
         if promoted(status, run.image):
             self.metrics.canary_weight.labels(model=self.model).set(0)
             self.metrics.promotions.labels(model=self.model).inc()

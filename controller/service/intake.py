@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 from controller.core.alerts import Alert, Notification, format_ts
 from controller.core.policy import Decision, PolicyConfig, PolicyState, decide
 from controller.core.runs import Phase, Run, Transition, new_run, transition
+from controller.core.state import AuditEntry
 from controller.observability import Metrics, get_logger
 from controller.ports import IntakeStore, NotificationRecord, OpsStore, StoreUnavailable
 from controller.service.errors import Conflict, UnknownModel
@@ -95,8 +96,12 @@ class Intake:
             made.append((run, t))
         return made
 
-    async def start_manual(self, model: str, reasons: tuple[str, ...], cause: str, update: Update | None = None) -> Run:
-        """A run an operator asked for: not held by cooldown or budget, queued when the concurrency cap is full."""
+    async def start_manual(
+        self, model: str, reasons: tuple[str, ...], cause: str, update: Update | None = None,
+        audit: AuditEntry | None = None,
+    ) -> Run:  # fmt: skip
+        """A run an operator asked for: not held by cooldown or budget, queued when the concurrency cap is full.
+        `audit`, the operator's action, is written with the run in one transaction."""
         if model not in self.model_names():
             raise UnknownModel(model)
         async with self.ledger.lock:
@@ -112,7 +117,7 @@ class Intake:
             run, t = new_run(self.new_id(), model, Phase.QUEUED if queued else Phase.TRIGGERING, reasons, now,
                              self.deadlines, why, trigger="manual", dry_run=self.dry_run)  # fmt: skip
             run = update(run) if update else run
-            await self.store.create_run(run, t)
+            await self.store.create_run(run, t, audit)
             self.ledger.count(run)
             if self.dry_run:
                 await self.ledger.move_locked(run, Phase.CANCELED, "dry run: no pipeline was started")

@@ -97,10 +97,10 @@ class Operations:
     async def _pause(self, run: Run, by: str) -> Done:
         if run.phase.terminal:
             raise RunFinished(f"run {run.id} is {run.phase}")
+        if run.pause is not None:  # also once an abort or a promotion moved the paused run on
+            return Done("already paused", changed=False)
         if run.phase not in CANARY_LIVE:
             raise Conflict(f"only a deploying or analyzing run can be paused; this one is {run.phase}")
-        if run.pause is not None:
-            return Done("already paused", changed=False)
         await self.store_update(replace(run, pause=Pause(self.ledger.clock.now())))
         return Done(f"paused by {by}: the canary holds its weight, no verdict acts, no deadline runs")
 
@@ -127,23 +127,23 @@ class Operations:
             raise UnknownRun(run_id)
         if old.phase not in RETRYABLE:
             raise Conflict(f"only a failed, rolled back or canceled run can be retried; run {run_id} is {old.phase}")
+        if old.model not in self.intake.model_names():
+            raise Conflict(f"model {old.model} is no longer configured: run {run_id} cannot be retried")
         cause = f"retry of run {run_id} by {who}" + (f": {why}" if why else "")
+        entry = AuditEntry(self.ledger.clock.now(), "retry", who, why, True, cause, retry_of=run_id)
         run = await self.intake.start_manual(old.model, old.reasons or ("manual",), cause,
-                                             lambda r: replace(r, retry_of=run_id))  # fmt: skip
-        now = self.ledger.clock.now()
-        entry = AuditEntry(now, "retry", who, why, True, cause, retry_of=run_id)
-        await self.ledger.audit(run.id, entry)
-        await self.ledger.audit(run_id, replace(entry, detail=f"retried as run {run.id}", retry_of=None, new_run=run.id))
-        await self.store.audit_model(old.model, "retry", who, why, now, run_id=run.id)
+                                             lambda r: replace(r, retry_of=run_id), audit=entry)  # fmt: skip
+        await self.ledger.audit(run_id, replace(entry, detail=f"retried as run {run.id}", new_run=run.id))
+        await self.store.audit_model(old.model, "retry", who, why, entry.at, run_id=run.id)
         return {"run_id": run.id, "retry_of": run_id, "model": run.model, "phase": run.phase.value,
                 "action": "retry", "detail": cause, "changed": True, "audit": entry.to_json()}  # fmt: skip
 
     async def retrain(self, model: str, who: str, why: str = "") -> dict[str, Any]:
         """A manual run for `model`: not held by cooldown or budget, queued when the concurrency cap is full."""
         cause = f"manual retrain by {who}" + (f": {why}" if why else "")
-        run = await self.intake.start_manual(model, ("manual",), cause, lambda r: replace(r, manual_reason=why or None))
         entry = AuditEntry(self.ledger.clock.now(), "retrain", who, why, True, cause)
-        await self.ledger.audit(run.id, entry)
+        run = await self.intake.start_manual(model, ("manual",), cause, lambda r: replace(r, manual_reason=why or None),
+                                             audit=entry)  # fmt: skip
         await self.store.audit_model(model, "retrain", who, why, entry.at, run_id=run.id)
         return {"run_id": run.id, "model": model, "phase": run.phase.value, "action": "retrain", "detail": cause,
                 "changed": True, "audit": entry.to_json()}  # fmt: skip

@@ -14,12 +14,14 @@ from controller.core.state import AuditEntry, ModelAuditEntry, ModelControl
 class OpsFaces(Connection):
     # ---- operator controls ------------------------------------------------------------------------------------
 
-    async def create_run(self, run: Run, transition: Transition) -> None:
-        """A run started by an operator (no notification behind it), with its first transition."""
+    async def create_run(self, run: Run, transition: Transition, audit: AuditEntry | None = None) -> None:
+        """A run started by an operator (no notification behind it), with its first transition and the action."""
 
         def body(db: sqlite3.Connection) -> None:
             insert_run(db, run)
             insert_transition(db, transition)
+            if audit is not None:
+                insert_audit(db, run.id, audit)
 
         await self._call(self._tx, body)
 

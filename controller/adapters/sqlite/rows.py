@@ -83,7 +83,7 @@ def run_from_row(row: sqlite3.Row) -> Run:
         pipeline_id=row["pipeline_id"],
         pipeline_url=row["pipeline_url"],
         image=row["image"],
-        **details_from_json(json.loads(row["details"])),
+        **details_from_json(_json(row["details"]), fallback=parse(row["phase_entered_at"])),
     )
 
 
@@ -93,3 +93,11 @@ def insert_audit(db: sqlite3.Connection, run_id: str, e: AuditEntry) -> None:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run_id, ts(e.at), e.action, e.by, e.reason, int(e.changed), e.detail, e.retry_of, e.new_run),
     )
+
+
+def _json(text: str) -> object:
+    """A run's stored details; {} when they are not JSON (a damaged row must not stop the store opening)."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime
 from typing import Callable
 
 from controller.adapters.sqlite.rows import insert_audit, run_from_row
@@ -20,9 +21,14 @@ def _typed_run_state(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX run_audit_run ON run_audit(run_id, id)")
     db.execute("ALTER TABLE runs RENAME COLUMN extra TO details")
     for row in db.execute("SELECT * FROM runs").fetchall():
-        legacy = json.loads(row["details"])
-        for item in legacy.get("audit") or ():
-            insert_audit(db, row["id"], AuditEntry.from_json(item))
+        try:
+            legacy = json.loads(row["details"])
+        except (TypeError, ValueError):
+            legacy = {}
+        audit = legacy.get("audit") if isinstance(legacy, dict) else None
+        for item in audit if isinstance(audit, list) else ():
+            if isinstance(item, dict):  # an entry without a time keeps the run's phase entry as its time
+                insert_audit(db, row["id"], AuditEntry.from_json(item, datetime.fromisoformat(row["phase_entered_at"])))
         run = run_from_row(row)
         db.execute("UPDATE runs SET details = ? WHERE id = ?", (json.dumps(run.details_json(), sort_keys=True), run.id))
 

@@ -390,3 +390,16 @@ async def test_a_model_without_a_canary_succeeds_with_its_image_recorded(world):
     assert run.phase is Phase.SUCCEEDED and run.image == image and run.offline_metrics == {"p": 0.2}
     assert run.cause == f"model recsys has no canary: image {image} recorded, nothing deployed"
     assert [t.to_phase for t in await world.store.history(d.run_id)][-2:] == [Phase.DEPLOYING, Phase.SUCCEEDED]
+
+
+def test_a_canary_in_config_without_a_rollout_is_refused_at_build(tmp_path):
+    """Without a rollout the model would end succeeded with nothing deployed."""
+    from controller.bootstrap import Adapters, build_service
+
+    path = write_config(tmp_path)
+    path.write_text(path.read_text() + "    canary: {namespace: ml, stable: search, canary: search-canary, container: model}\n"
+                    "    analysis: {hits: 'hits_total', trials: 'trials_total'}\n")  # fmt: skip
+    settings = load_settings(path, SECRETS_ENV)
+    assert settings.canary_spec("search") is not None
+    with pytest.raises(ValueError, match="search have a canary in config but no rollout"):
+        build_service(settings, Adapters(SqliteStore(settings.store.path), {}, FakeClock()))

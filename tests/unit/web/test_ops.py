@@ -14,6 +14,7 @@ from controller.app import Adapters, create_app
 from controller.config import load_settings
 from controller.core.judge import Outcome, Verdict
 from controller.core.runs import Phase, Run, Transition
+from controller.core.state import Pause
 from tests.conftest import SECRETS_ENV, TOKEN, write_config
 from tests.fakes.runner import ScriptedRunner
 from tests.unit.payloads import am_alert, notification
@@ -389,3 +390,24 @@ async def test_abort_through_the_service_scales_the_canary_to_zero(tmp_path):
         assert (await world.store.run_audit(run_id))[0].reason == "latency looks off"
     finally:
         await world.stop()
+
+
+async def test_pausing_again_after_the_paused_run_moved_on_changes_nothing(env):
+    await env.put_run("paused1", Phase.ROLLING_BACK, pause=Pause(datetime.now(timezone.utc)))
+    resp = await env.post("/api/v1/runs/paused1/pause", {"by": "sre"})
+    assert resp.status == 200 and (await resp.json())["changed"] is False
+
+
+async def test_a_run_of_a_model_no_longer_configured_cannot_be_retried(env):
+    await env.put_run("gone1", Phase.FAILED, model="gone")
+    resp = await env.post("/api/v1/runs/gone1/retry", {"by": "sre"})
+    assert resp.status == 409 and "no longer configured" in (await resp.json())["detail"]
+
+
+async def test_a_retry_is_audited_on_both_runs(env):
+    await env.put_run("old1", Phase.FAILED)
+    new = (await (await env.post("/api/v1/runs/old1/retry", {"by": "sre", "reason": "flaky"})).json())["run_id"]
+    [first] = (await env.detail(new))["audit"]
+    assert first["action"] == "retry" and first["retry_of"] == "old1" and first["reason"] == "flaky"
+    [back] = (await env.detail("old1"))["audit"]
+    assert back["new_run"] == new and back["retry_of"] == "old1" and back["detail"] == f"retried as run {new}"
