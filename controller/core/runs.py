@@ -152,14 +152,14 @@ def details_from_json(data: object, fallback: datetime = EPOCH) -> dict[str, Any
     """Run fields from what `details_json` wrote, or from a schema-4 store's loose `extra` keys. Never raises:
     a value it cannot read is left out (a run must stay movable whatever an old or damaged store holds).
     `fallback` stands in for a pause whose start was not recorded (the run's phase entry, say)."""
-    data = data if isinstance(data, Mapping) else {}
+    data = data if isinstance(data, dict) else {}
     attempts = data.get("trigger_attempts")
-    if isinstance(attempts, Mapping):
+    if isinstance(attempts, dict):
         tries = TriggerAttempts.from_json(attempts)
     else:  # schema 4: a count, and the time of the last one beside it
         tries = TriggerAttempts.from_json({"count": attempts, "last_at": data.get("trigger_attempt_at")})
     pause = data.get("pause")
-    if isinstance(pause, Mapping):
+    if isinstance(pause, dict):
         paused = Pause.from_json(pause)
     else:  # schema 4: a flag and its time
         paused = Pause(at(data.get("paused_at")) or fallback) if data.get("paused") else None
@@ -167,15 +167,15 @@ def details_from_json(data: object, fallback: datetime = EPOCH) -> dict[str, Any
     canary, verdict = data.get("canary"), data.get("verdict")
     return {
         "attempts": tries,
-        "stages": tuple(Stage.from_json(s) for s in _list(data.get("stages")) if isinstance(s, Mapping)),
+        "stages": tuple(Stage.from_json(s) for s in _list(data.get("stages")) if isinstance(s, dict)),
         "offline_metrics": {str(k): float(v) for k, v in _map(data.get("offline_metrics")).items()
                             if isinstance(v, (int, float))},
         "pause": paused,
         "previous_image": _str(data.get("previous_image")),
         "restore_stable": _str(data.get("restore_stable")),
-        "canary": CanaryState.from_json(canary) if isinstance(canary, Mapping) and canary else None,
-        "verdict": verdict_from_json(verdict) if isinstance(verdict, Mapping) and verdict else None,
-        "looks": tuple(look for m in _list(looks) if isinstance(m, Mapping) and (look := Look.from_json(m))),
+        "canary": CanaryState.from_json(canary) if isinstance(canary, dict) and canary else None,
+        "verdict": verdict_from_json(verdict) if isinstance(verdict, dict) and verdict else None,
+        "looks": tuple(look for m in _list(looks) if isinstance(m, dict) and (look := Look.from_json(m))),
         "retry_of": _str(data.get("retry_of")),
         "manual_reason": _str(data.get("manual_reason")),
     }
@@ -186,7 +186,7 @@ def _list(value: object) -> list[Any]:
 
 
 def _map(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _str(value: object) -> str | None:

@@ -38,7 +38,7 @@ def at(value: object) -> datetime | None:
 
 
 def _map(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _floats(value: object) -> dict[str, float]:
@@ -105,12 +105,13 @@ def verdict_to_json(v: Verdict) -> Json:
             "ratio": v.ratio, "design_effect": v.design_effect}  # fmt: skip
 
 
-def verdict_from_json(data: Mapping[str, Any]) -> Verdict:
-    outcome = data.get("outcome")
-    known = outcome in {o.value for o in Outcome}
-    return Verdict(Outcome(str(outcome)) if known else Outcome.ERROR, str(data.get("reason", "")),
-                   _opt_float(data.get("statistic")), _opt_float(data.get("threshold")),
-                   _opt_float(data.get("ratio")), _opt_float(data.get("design_effect")))  # fmt: skip
+_OUTCOMES = {o.value: o for o in Outcome}
+
+
+def verdict_from_json(data: Mapping[str, Any], outcome_key: str = "outcome") -> Verdict:
+    g = data.get
+    return Verdict(_OUTCOMES.get(str(g(outcome_key)), Outcome.ERROR), str(g("reason", "")), _opt_float(g("statistic")),
+                   _opt_float(g("threshold")), _opt_float(g("ratio")), _opt_float(g("design_effect")))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Look:
             at=when,
             step=_int(data.get("step")),
             weight=_int(data.get("weight")),
-            verdict=verdict_from_json({**data, "outcome": data.get("verdict")}),
+            verdict=verdict_from_json(data, "verdict"),
             stable=_floats(data.get("stable")),
             canary=_floats(data.get("canary")),
             guardrails={str(k): _opt_float(v) for k, v in guardrails.items()},
@@ -195,8 +196,8 @@ class CanaryState:
             analysis_started_at=at(data.get("analysis_started_at")),
             step_started_at=at(data.get("step_started_at")),
             last_look_at=at(data.get("last_look_at")),
-            tallies={str(m): {str(arm): Tally.from_dict(t) for arm, t in by_arm.items() if isinstance(t, Mapping)}
-                     for m, by_arm in tallies.items() if isinstance(by_arm, Mapping)},  # fmt: skip
+            tallies={str(m): {str(arm): Tally.from_dict(t) for arm, t in by_arm.items() if isinstance(t, dict)}
+                     for m, by_arm in tallies.items() if isinstance(by_arm, dict)},  # fmt: skip
             totals={str(arm): _floats(counts) for arm, counts in totals.items()},
             bad_looks=_int(data.get("bad_looks")),
             looks=_int(data.get("looks")),
