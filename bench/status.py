@@ -92,9 +92,12 @@ async def seed(store: SqliteStore, runs: int, decisions: int, rng: random.Random
             for to in path + [Phase.SUCCEEDED if path[-1] is Phase.PROMOTING else Phase.ROLLED_BACK]:
                 if to is Phase.DEPLOYING:
                     last = looks[-1].verdict if looks else None
-                    run = replace(run, image=IMAGE.format(m=model), looks=looks, verdict=last)
+                    run = replace(run, image=IMAGE.format(m=model), verdict=last)
                 run, t = transition(run, to, f"bench: {to.value}", at, deadlines)
                 await store.apply(run, t)
+                if to is Phase.ANALYZING:
+                    for look in looks:  # kept beside the run, as the canary room keeps them
+                        await store.update_run(run, look)
         ids.append(run_id)
         if i % 1000 == 999:
             print(f"  seeded {i + 1} runs", flush=True)

@@ -10,7 +10,7 @@ from controller.core.alerts import Alert
 from controller.core.canary import DeploymentStatus, RolloutStatus
 from controller.core.policy import Decision, PolicyState
 from controller.core.runs import Phase, Run, Transition
-from controller.core.state import AuditEntry, ModelAuditEntry, ModelControl
+from controller.core.state import AuditEntry, Look, ModelAuditEntry, ModelControl
 
 __all__ = ["DeploymentStatus", "RolloutStatus"]  # Rollout's answers are core types, re-exported for adapters
 
@@ -67,12 +67,14 @@ class RunStore(Protocol):
         """Remember a webhook delivery; False if this key was seen before (a replay)."""
         ...
 
-    async def apply(self, run: Run, transition: Transition) -> bool:
-        """Save a transition if the stored run is still in `transition.from_phase`; False if it moved on."""
+    async def apply(self, run: Run, transition: Transition, look: Look | None = None) -> bool:
+        """Save a transition if the stored run is still in `transition.from_phase`; False if it moved on.
+        `look`, the canary look that decided it, is appended to the run's looks in the same commit."""
         ...
 
-    async def update_run(self, run: Run) -> bool:
-        """Save fields of a run whose phase did not change (pipeline ref, image); False if the phase moved."""
+    async def update_run(self, run: Run, look: Look | None = None) -> bool:
+        """Save fields of a run whose phase did not change (pipeline ref, image, canary state), and append
+        `look`, in one commit; False if the phase moved."""
         ...
 
 
@@ -113,6 +115,10 @@ class ViewStore(Protocol):
     """What the page, the API and the CLI read beyond ReadStore."""
 
     async def run_audit(self, run_id: str) -> list[AuditEntry]: ...
+
+    async def run_looks(self, run_id: str, limit: int = 500) -> list[Look]:
+        """The run's newest `limit` canary looks, oldest first."""
+        ...
 
     async def model_audit(self, model: str, limit: int = 20) -> list[ModelAuditEntry]: ...
 

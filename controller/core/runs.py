@@ -116,8 +116,7 @@ class Run:
     previous_image: str | None = None  # what stable ran when the canary started
     restore_stable: str | None = None  # set when a promotion's stable never became ready: roll stable back to it
     canary: CanaryState | None = None
-    verdict: Verdict | None = None  # the latest look's
-    looks: tuple[Look, ...] = ()  # the newest MAX_LOOKS
+    verdict: Verdict | None = None  # the latest look's (every look is kept beside the run, see RunStore.apply)
     retry_of: str | None = None
     manual_reason: str | None = None
 
@@ -141,7 +140,6 @@ class Run:
             "restore_stable": self.restore_stable,
             "canary": self.canary.to_json() if self.canary else None,
             "verdict": verdict_to_json(self.verdict) if self.verdict else None,
-            "looks": [look.to_json() for look in self.looks],
             "retry_of": self.retry_of,
             "manual_reason": self.manual_reason,
         }
@@ -163,7 +161,6 @@ def details_from_json(data: object, fallback: datetime = EPOCH) -> dict[str, Any
         paused = Pause.from_json(pause)
     else:  # schema 4: a flag and its time
         paused = Pause(at(data.get("paused_at")) or fallback) if data.get("paused") else None
-    looks = data.get("looks", data.get("measurements"))
     canary, verdict = data.get("canary"), data.get("verdict")
     return {
         "attempts": tries,
@@ -175,10 +172,15 @@ def details_from_json(data: object, fallback: datetime = EPOCH) -> dict[str, Any
         "restore_stable": _str(data.get("restore_stable")),
         "canary": CanaryState.from_json(canary) if isinstance(canary, dict) and canary else None,
         "verdict": verdict_from_json(verdict) if isinstance(verdict, dict) and verdict else None,
-        "looks": tuple(look for m in _list(looks) if isinstance(m, dict) and (look := Look.from_json(m))),
         "retry_of": _str(data.get("retry_of")),
         "manual_reason": _str(data.get("manual_reason")),
     }
+
+
+def legacy_looks(data: object) -> tuple[Look, ...]:
+    """The looks a schema-4 store kept in a run's `extra` (`measurements`), for the migration to move out."""
+    looks = _map(data).get("measurements")
+    return tuple(look for m in _list(looks) if isinstance(m, dict) and (look := Look.from_json(m)))
 
 
 def _list(value: object) -> list[Any]:

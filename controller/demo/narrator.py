@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, Sequence, TextIO
 
 from controller.core.runs import Run
+from controller.core.state import Look
 
 
 class Narrator:
@@ -64,9 +65,9 @@ class Narrator:
         run = f" -> run {d['run_id']}" if d.get("run_id") else ""
         self.say(f"controller: alert {d['alertname']} {d['decision']}{run}")
 
-    def run(self, run: Run) -> None:
+    def run(self, run: Run, looks: Sequence[Look]) -> None:
         short = run.id[:8]
-        self._run_looks(run, short)
+        self._run_looks(run, short, looks)
         if self._phases.get(run.id) != run.phase.value:
             old = self._phases.get(run.id)
             self._phases[run.id] = run.phase.value
@@ -80,9 +81,9 @@ class Narrator:
                     self.say(f"run {short}: offline {k.removesuffix('_new').replace('_at_', '@')} on the held-out day:"
                              f" production model {fmt(number(prod))}, new model {fmt(number(metrics[k]))}")  # fmt: skip
 
-    def _run_looks(self, run: Run, short: str) -> None:
+    def _run_looks(self, run: Run, short: str, looks: Sequence[Look]) -> None:
         # One line per look only when its step or verdict changes: a look a second would drown the story.
-        measurements = [look.to_json() for look in run.looks]
+        measurements = [look.to_json() for look in looks]
         for m in measurements[self._looks.get(run.id, 0) :]:
             said = (m["step"], m["verdict"])
             if said != self._last_look.get(run.id):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from controller.core.runs import Phase, Run, Transition
+from controller.core.state import Look
 
 PRECISION_ALERT = "RecsysPrecisionAtKDrop"
 PROMOTED, ROLLED_BACK = "promoted", "rolled_back"
@@ -48,10 +49,11 @@ def outcome_of(run: Run) -> str | None:
     return {Phase.SUCCEEDED: PROMOTED, Phase.ROLLED_BACK: ROLLED_BACK}.get(run.phase)
 
 
-def check(run: Run, history: Sequence[Transition], decisions: Iterable[Mapping[str, object]], expect: str) -> Story:
+def check(run: Run, history: Sequence[Transition], decisions: Iterable[Mapping[str, object]], expect: str,
+          looks: Sequence[Look]) -> Story:  # fmt: skip
     """`expect` is the outcome the demo was asked for (`promoted`, or `rolled_back` with --bad-model)."""
     phases = [t.to_phase for t in history]
-    chapters = [_alert(decisions), _pipeline(run, phases), _analysis(run, phases), _ending(run, history, expect)]
+    chapters = [_alert(decisions), _pipeline(run, phases), _analysis(looks, phases), _ending(run, history, expect)]
     return Story(outcome_of(run), tuple(chapters))
 
 
@@ -71,8 +73,7 @@ def _pipeline(run: Run, phases: list[Phase]) -> Chapter:
     return Chapter("pipeline", True, f"pipeline {run.pipeline_id} built {run.image}")
 
 
-def _analysis(run: Run, phases: list[Phase]) -> Chapter:
-    looks = run.looks
+def _analysis(looks: Sequence[Look], phases: list[Phase]) -> Chapter:
     if Phase.ANALYZING not in phases:
         return Chapter("canary analysis", False, f"the canary was never analysed (phases: {_names(phases)})")
     if not looks:

@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import aiohttp
 
-from controller.core.runs import Run
+from controller.core.runs import Phase, Run
 from controller.demo.configs import MODEL, Options
 from controller.demo.meter import Meter
 from controller.demo.narrator import Narrator
 from controller.demo.story import PRECISION_ALERT, Story, check
-from controller.ports import ReadStore
+from controller.ports import ReadStore, ViewStore
+
+
+class DemoStore(ReadStore, ViewStore, Protocol):
+    """What the watcher reads of the controller's store."""
 
 
 @dataclass
@@ -29,7 +33,7 @@ class Outcome:
 
 
 class Watcher:
-    def __init__(self, opts: Options, store: ReadStore, narrator: Narrator, meter: Meter,
+    def __init__(self, opts: Options, store: DemoStore, narrator: Narrator, meter: Meter,
                  precision: Callable[[str], float | None], result: Outcome):  # fmt: skip
         self.opts = opts
         self.store = store
@@ -78,7 +82,7 @@ class Watcher:
         runs = sorted(await self.store.list_runs(20, model=MODEL), key=lambda r: r.created_at)
         for r in runs:
             self._first_run = self._first_run or r.id
-            self.narrator.run(r)
+            self.narrator.run(r, await self.store.run_looks(r.id) if r.phase is not Phase.QUEUED else [])
         active = [r for r in runs if not r.phase.terminal]
         self.narrator.run_line = f"run {active[-1].id[:8]} {active[-1].phase.value}" if active else ""
         return runs
@@ -99,7 +103,7 @@ class Watcher:
         history = await self.store.history(run.id)
         decisions = await self.store.list_decisions(500, run_id=run.id)
         expect = "rolled_back" if self.opts.bad_model else "promoted"
-        self.result.story = check(run, history, decisions, expect)
+        self.result.story = check(run, history, decisions, expect, await self.store.run_looks(run.id))
         self.result.run_id = run.id
         self.result.offline = dict(run.offline_metrics)
         return True

@@ -23,9 +23,6 @@ from controller.observability import Metrics, get_logger
 from controller.ports import Clock, MetricsSource, QueryResult, Rollout, RolloutError, RolloutStatus
 from controller.service.ledger import RunLedger
 
-MAX_LOOKS = 200  # looks kept on a run for its page
-
-
 @dataclass
 class Analyst:
     """Reads the canary's counters and guardrails; knows PromQL results, not verdicts."""
@@ -197,18 +194,18 @@ class CanaryRoom:
         after = result.state
         if action.next is Next.ADVANCE:
             after = assess.next_step(after, verdict, now)
-        looks = (run.looks + (result.look,))[-MAX_LOOKS:]
+        look = result.look
 
         def update(r: Run) -> Run:
-            return replace(r, canary=after, looks=looks, verdict=verdict)
+            return replace(r, canary=after, verdict=verdict)
 
         if action.next is Next.ROLLBACK:
             self._analysis_done(after, now, "rolled_back")
-            await self.ledger.move(run, Phase.ROLLING_BACK, action.reason, update)
+            await self.ledger.move(run, Phase.ROLLING_BACK, action.reason, update, look)
         elif action.next is Next.PROMOTE:
             self._analysis_done(after, now, "promoted")
-            await self.ledger.move(run, Phase.PROMOTING, action.reason, update)
-        elif await self.ledger.record(run, update) and action.next is Next.ADVANCE:
+            await self.ledger.move(run, Phase.PROMOTING, action.reason, update, look)
+        elif await self.ledger.record(run, update, look) and action.next is Next.ADVANCE:
             self.log.info("canary_advance", run_id=run.id, model=self.model, detail=action.reason)
             await self._roll_to_step(update(run), now)
 

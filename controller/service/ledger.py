@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping, Protocol
 
 from controller.core.runs import Phase, Run, transition
-from controller.core.state import AuditEntry
+from controller.core.state import AuditEntry, Look
 from controller.observability import Metrics, Throttle, get_logger
 from controller.ports import Clock, OpsStore, RunStore, StoreUnavailable
 
@@ -42,22 +42,23 @@ class RunLedger:
         assert run is not None, run_id
         return run
 
-    async def move(self, run: Run, to: Phase, cause: str, update: Update | None = None) -> bool:
+    async def move(self, run: Run, to: Phase, cause: str, update: Update | None = None, look: Look | None = None) -> bool:
         """Move the stored copy of `run` to `to`, if it is still in `run.phase`; False if it moved on.
 
         `run` may be stale (read at the start of a tick): a callback may have recorded stages or an image since.
-        The stored copy is moved, with `update` applied to it, so nothing recorded meanwhile is written over."""
+        The stored copy is moved, with `update` applied to it, so nothing recorded meanwhile is written over.
+        `look`, the canary look behind the move, is kept in the same commit."""
         async with self.lock:
             fresh = await self._fresh(run)
             if fresh is None:
                 self._skipped(run, to)
                 return False
-            return await self.move_locked(update(fresh) if update else fresh, to, cause)
+            return await self.move_locked(update(fresh) if update else fresh, to, cause, look)
 
-    async def move_locked(self, run: Run, to: Phase, cause: str) -> bool:
+    async def move_locked(self, run: Run, to: Phase, cause: str, look: Look | None = None) -> bool:
         """`move` for a caller that holds the lock and has just read `run`."""
         updated, t = transition(run, to, cause, self.clock.now(), self.deadlines)
-        if not await self.store.apply(updated, t):
+        if not await self.store.apply(updated, t, look):
             self._skipped(run, to)
             return False
         self.count(updated)
@@ -67,13 +68,13 @@ class RunLedger:
             self.wake.set()  # a slot may have freed up for a queued run
         return True
 
-    async def record(self, run: Run, update: Update) -> bool:
-        """Save `update` of the stored copy of a run still in `run.phase`; False if it moved on."""
+    async def record(self, run: Run, update: Update, look: Look | None = None) -> bool:
+        """Save `update` of the stored copy of a run still in `run.phase` (and `look`); False if it moved on."""
         async with self.lock:
             fresh = await self._fresh(run)
             if fresh is None:
                 return False
-            return await self.store.update_run(update(fresh))
+            return await self.store.update_run(update(fresh), look)
 
     async def audit(self, run_id: str, entry: AuditEntry) -> None:
         await self.store.audit_run(run_id, entry)

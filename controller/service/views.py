@@ -82,7 +82,7 @@ class Views:
         return {
             "run": self.run_json(run),
             "history": [transition_json(t) for t in await self.store.history(run_id)],
-            "looks": [look.to_json() for look in run.looks],
+            "looks": [look.to_json() for look in await self.store.run_looks(run_id, decisions_limit)],
             "audit": [a.to_json() for a in await self.store.run_audit(run_id)],
             "alerts": await self.store.list_decisions(decisions_limit, run_id=run_id),
         }

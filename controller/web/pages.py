@@ -126,6 +126,7 @@ def run_view(run: Run, now: datetime, views: Views) -> dict[str, Any]:
 
 # ---- the analysis chart: per look, precision of each arm, the tolerance band, verdicts marked ---------------------
 
+CHART_LOOKS = 200  # the newest looks charted on a run page
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 240, 48, 12, 12, 28
 
 
@@ -253,7 +254,8 @@ async def run_page(request: web.Request) -> web.Response:
             for t in history
         ],  # fmt: skip
         "decisions": decisions,
-        "chart": chart([look.to_json() for look in run.looks], tolerance, indifference),
+        "chart": chart([look.to_json() for look in await ctx.store.run_looks(run_id, CHART_LOOKS)], tolerance,
+                       indifference),  # fmt: skip
         "verdict": verdict_to_json(run.verdict) if run.verdict else None,
         "audit": [a.to_json() for a in audit],
         "stages": stage_rows([st.to_json() for st in run.stages]),

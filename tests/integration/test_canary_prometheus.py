@@ -163,9 +163,9 @@ async def test_a_good_canary_is_promoted(exporter, prometheus, tmp_path, loops) 
         task.cancel()
     assert phases[-1] is Phase.SUCCEEDED, phases
     run = await loop.store.get_run(run_id)
-    verdicts = [look.verdict.outcome.value for look in run.looks]
+    verdicts = [look.verdict.outcome.value for look in await loop.store.run_looks(run_id)]
     assert verdicts[-1] == "pass" and "fail" not in verdicts
-    assert {look.step for look in run.looks} == {1, 2}
+    assert {look.step for look in await loop.store.run_looks(run_id)} == {1, 2}
     assert loop.rollout.stable.image == IMAGE
 
 
@@ -177,7 +177,7 @@ async def test_a_canary_ten_percent_worse_is_rolled_back(exporter, prometheus, t
         task.cancel()
     assert phases[-1] is Phase.ROLLED_BACK, phases
     run = await loop.store.get_run(run_id)
-    assert run.looks[-1].verdict.outcome.value == "fail"
+    assert (await loop.store.run_looks(run_id))[-1].verdict.outcome.value == "fail"
     assert loop.rollout.stable.image != IMAGE and loop.rollout.canary.replicas == 0
 
 
@@ -190,7 +190,7 @@ async def test_a_canary_without_traffic_is_never_promoted(exporter, prometheus, 
         task.cancel()
     assert Phase.PROMOTING not in phases and phases[-1] is Phase.ROLLED_BACK, phases
     run = await loop.store.get_run(run_id)
-    assert {look.verdict.outcome.value for look in run.looks} <= {"no_data", "inconclusive"}
+    assert {look.verdict.outcome.value for look in await loop.store.run_looks(run_id)} <= {"no_data", "inconclusive"}
 
 
 async def test_prometheus_stopped_mid_analysis_is_error_and_ends_as_configured(exporter, tmp_path, loops) -> None:
@@ -211,7 +211,7 @@ async def test_prometheus_stopped_mid_analysis_is_error_and_ends_as_configured(e
         own.stop()
     assert phases[-1] is Phase.ROLLED_BACK and Phase.PROMOTING not in phases
     run = await loop.store.get_run(run_id)
-    last = [look.verdict.outcome.value for look in run.looks][-4:]
+    last = [look.verdict.outcome.value for look in await loop.store.run_looks(run_id)][-4:]
     assert last == ["error"] * 4, last  # max_bad_looks 3: the fourth error in a row rolls back
     history = await loop.store.history(run_id)
     assert "without usable data" in history[-2].cause and "unreachable" in history[-2].cause

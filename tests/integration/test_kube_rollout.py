@@ -502,10 +502,11 @@ async def test_the_controller_rolls_back_a_worse_canary(model: Any, make_rollout
         run_id = await w.deploying_run()
         phases = await drive(w, admin, run_id, WORSE)
         run = await w.run(run_id)
+        looks = await w.looks(run_id)
     finally:
         await w.stop()
     assert phases[-2:] == [Phase.ROLLING_BACK, Phase.ROLLED_BACK], phases
-    assert run.previous_image == OLD and run.looks[-1].verdict.outcome.value == "fail"
+    assert run.previous_image == OLD and looks[-1].verdict.outcome.value == "fail"
     stable, canary = read(model, STABLE), read(model, CANARY)
     assert image_of(stable) == OLD and stable.spec.replicas == 10  # stable untouched
     assert canary.spec.replicas == 0 and image_of(canary) == IMAGE

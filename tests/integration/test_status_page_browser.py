@@ -76,10 +76,11 @@ async def put_canary_run(store, run_id: str, model: str) -> None:
     now = datetime.now(timezone.utc)
     run = Run(id=run_id, model=model, phase=Phase.ANALYZING, created_at=now, phase_entered_at=now,
               deadline_at=now + timedelta(hours=2), reasons=("precision_drop",), image=IMAGE, cause="test",
-              looks=tuple(Look.from_json(m) for m in MEASUREMENTS),
               canary=CanaryState(step=1, stage=CanaryStage.JUDGING, stage_since=now),
               verdict=Verdict(Outcome.PASS, "ok"))  # fmt: skip
     await store.create_run(run, Transition(run_id, now, None, Phase.ANALYZING, "test"))
+    for m in MEASUREMENTS:
+        await store.update_run(run, Look.from_json(m))
 
 
 async def _client_on_port(aiohttp_server, app):

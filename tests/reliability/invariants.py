@@ -36,8 +36,11 @@ def snapshot(rig: Any, shots: list[str]) -> Snapshot:
     from tests.reliability.rig import CANARY, INITIAL_IMAGE, NS, STABLE, TOTAL_REPLICAS
     from tests.reliability.world import CONTAINER, _synced
 
+    looks: dict[str, list[dict[str, Any]]] = {}  # each run's canary looks, from their own table, oldest first
+    for r in rig.read_store("SELECT run_id, body FROM run_looks ORDER BY id"):
+        looks.setdefault(r["run_id"], []).append(json.loads(r["body"]))
     runs = [
-        {**dict(r), "details": json.loads(r["details"])}
+        {**dict(r), "details": {**json.loads(r["details"]), "looks": looks.get(r["id"], [])}}
         for r in rig.read_store("SELECT id, phase, trigger, pipeline_id, image, details FROM runs ORDER BY seq")
     ]
     transitions = [dict(r) for r in rig.read_store("SELECT run_id, at, from_phase, to_phase, cause FROM transitions"

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from controller.core.alerts import format_ts
 from controller.core.runs import Phase, Run, Transition, details_from_json
-from controller.core.state import AuditEntry, ModelControl
+from controller.core.state import AuditEntry, Look, ModelControl
 
 URL_MAX = 2048  # a URL longer than this is not a link anyone follows; it is cut, not refused
 
@@ -93,6 +93,16 @@ def insert_audit(db: sqlite3.Connection, run_id: str, e: AuditEntry) -> None:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (run_id, ts(e.at), e.action, e.by, e.reason, int(e.changed), e.detail, e.retry_of, e.new_run),
     )
+
+
+def insert_look(db: sqlite3.Connection, run_id: str, look: Look) -> None:
+    db.execute("INSERT INTO run_looks (run_id, at, body) VALUES (?, ?, ?)",
+               (run_id, ts(look.at), json.dumps(look.to_json(), sort_keys=True)))  # fmt: skip
+
+
+def look_from_row(row: sqlite3.Row) -> Look | None:
+    data = _json(row["body"])
+    return Look.from_json(data) if isinstance(data, dict) else None
 
 
 def _json(text: str) -> object:

@@ -7,24 +7,41 @@ import sqlite3
 from datetime import datetime
 
 from controller.adapters.sqlite.connection import Connection
-from controller.adapters.sqlite.rows import insert_transition, parse, run_from_row, ts, update_run
+from controller.adapters.sqlite.rows import insert_look, insert_transition, look_from_row, parse, run_from_row, ts, update_run
 from controller.core.runs import Phase, Run, Transition
+from controller.core.state import Look
 
 
 class RunFaces(Connection):
     # ---- runs -----------------------------------------------------------------------------------------------
-    async def apply(self, run: Run, transition: Transition) -> bool:
+
+    async def apply(self, run: Run, transition: Transition, look: Look | None = None) -> bool:
         def body(db: sqlite3.Connection) -> bool:
             assert transition.from_phase is not None
             if not update_run(db, run, transition.from_phase):
                 return False
             insert_transition(db, transition)
+            if look is not None:
+                insert_look(db, run.id, look)
             return True
 
         return await self._call(self._tx, body)
 
-    async def update_run(self, run: Run) -> bool:
-        return await self._call(self._tx, lambda db: update_run(db, run, run.phase))
+    async def update_run(self, run: Run, look: Look | None = None) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            if not update_run(db, run, run.phase):
+                return False
+            if look is not None:
+                insert_look(db, run.id, look)
+            return True
+
+        return await self._call(self._tx, body)
+
+    async def run_looks(self, run_id: str, limit: int = 500) -> list[Look]:
+        rows = await self._call(
+            self._query, "SELECT body FROM run_looks WHERE run_id = ? ORDER BY id DESC LIMIT ?", (run_id, limit)
+        )
+        return [look for r in reversed(rows) if (look := look_from_row(r))]
 
     async def get_run(self, run_id: str) -> Run | None:
         rows = await self._call(self._query, "SELECT * FROM runs WHERE id = ?", (run_id,))

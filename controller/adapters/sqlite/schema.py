@@ -7,18 +7,24 @@ import sqlite3
 from datetime import datetime
 from typing import Callable
 
-from controller.adapters.sqlite.rows import insert_audit, run_from_row
+from controller.adapters.sqlite.rows import insert_audit, insert_look, run_from_row
+from controller.core.runs import legacy_looks
 from controller.core.state import AuditEntry
 
 
 def _typed_run_state(db: sqlite3.Connection) -> None:
-    """Schema 5: run audit gets its own table, and each run's loose `extra` keys become its typed details."""
+    """Schema 5: run audit and canary looks get tables of their own, and each run's loose `extra` keys become its
+    typed details. Reads the old keys with the same readers the store uses (they keep reading them)."""
     db.execute(
         "CREATE TABLE run_audit (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, at TEXT NOT NULL,"
         " action TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL, changed INTEGER NOT NULL,"
         " detail TEXT NOT NULL, retry_of TEXT, new_run TEXT)"
     )
     db.execute("CREATE INDEX run_audit_run ON run_audit(run_id, id)")
+    # A canary's looks are a series that only grows, like transitions: rows of their own, not a field of the run.
+    db.execute("CREATE TABLE run_looks (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, at TEXT NOT NULL,"
+               " body TEXT NOT NULL)")  # fmt: skip
+    db.execute("CREATE INDEX run_looks_run ON run_looks(run_id, id)")
     db.execute("ALTER TABLE runs RENAME COLUMN extra TO details")
     for row in db.execute("SELECT * FROM runs").fetchall():
         try:
@@ -29,6 +35,8 @@ def _typed_run_state(db: sqlite3.Connection) -> None:
         for item in audit if isinstance(audit, list) else ():
             if isinstance(item, dict):  # an entry without a time keeps the run's phase entry as its time
                 insert_audit(db, row["id"], AuditEntry.from_json(item, datetime.fromisoformat(row["phase_entered_at"])))
+        for look in legacy_looks(legacy):
+            insert_look(db, row["id"], look)
         run = run_from_row(row)
         db.execute("UPDATE runs SET details = ? WHERE id = ?", (json.dumps(run.details_json(), sort_keys=True), run.id))
 

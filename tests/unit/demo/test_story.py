@@ -24,10 +24,10 @@ def _story(phases, verdict="pass", looks=3, image="img", alerts=(("RecsysPrecisi
     outcomes = [Outcome.INCONCLUSIVE] * (looks - 1) + [Outcome(verdict)] if looks else []
     seen = tuple(Look(at=T0, step=1, weight=10, verdict=Verdict(o, "why"), stable={}, canary={}) for o in outcomes)
     run = Run(id="r", model="recsys", phase=Phase(phases[-1]), created_at=T0, phase_entered_at=T0, deadline_at=None,
-              pipeline_id="cmd-r" if image else None, image=image, looks=seen,
+              pipeline_id="cmd-r" if image else None, image=image,
               verdict=Verdict(Outcome(verdict), "why"))  # fmt: skip
     decisions = [{"alertname": a, "decision": d, "received_at": "t"} for a, d in alerts]
-    return check(run, history, decisions, expect)
+    return check(run, history, decisions, expect, seen)
 
 
 def _missing(story):

@@ -74,6 +74,10 @@ class CanaryWorld:
         await self.service.pipelines.handle_event(d.run_id, ImageEvent(event="image", image=IMAGE))
         return str(d.run_id)
 
+    async def looks(self, run_id: str):
+        assert self.store is not None
+        return await self.store.run_looks(run_id)
+
     async def run(self, run_id: str):
         assert self.store is not None
         return await self.store.get_run(run_id)
@@ -118,12 +122,12 @@ async def test_a_good_canary_walks_the_steps_and_is_promoted(world):
     run = await world.run(run_id)
     assert ("set_canary", (IMAGE, 5)) in world.rollout.calls  # the 50% step came before promotion
     assert world.rollout.stable.image == IMAGE and world.rollout.canary.replicas == 0
-    verdicts = [m.verdict.outcome.value for m in run.looks]
+    verdicts = [m.verdict.outcome.value for m in (await world.looks(run_id))]
     assert verdicts[-1] == "pass" and "fail" not in verdicts
-    steps = [m.step for m in run.looks]
+    steps = [m.step for m in (await world.looks(run_id))]
     assert steps == sorted(steps) and steps[0] == 1 and steps[-1] == 2
     # no PASS before the last step had its minimum duration
-    last_step = [m for m in run.looks if m.step == 2]
+    last_step = [m for m in (await world.looks(run_id)) if m.step == 2]
     assert len(last_step) >= 5
 
 
@@ -133,7 +137,7 @@ async def test_a_worse_canary_is_rolled_back_and_stable_is_untouched(world):
     phases = await world.until_end(run_id, *WORSE)
     assert phases == [Phase.ANALYZING, Phase.ROLLING_BACK, Phase.ROLLED_BACK]
     run = await world.run(run_id)
-    assert run.looks[-1].verdict.outcome.value == "fail"
+    assert (await world.looks(run_id))[-1].verdict.outcome.value == "fail"
     assert world.rollout.stable.image == OLD and world.rollout.stable.replicas == 10
     assert world.rollout.canary.replicas == 0
     assert ("promote", IMAGE) not in world.rollout.calls
@@ -160,7 +164,7 @@ async def test_metrics_source_down_is_error_then_rollback_after_the_limit(world)
     run = await world.run(run_id)
     assert run.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
     assert "3 looks in a row without usable data" in run.cause and "connection refused" in run.cause
-    assert [m.verdict.outcome.value for m in run.looks][-3:] == ["error"] * 3
+    assert [m.verdict.outcome.value for m in (await world.looks(run_id))][-3:] == ["error"] * 3
 
 
 async def test_a_guardrail_breached_two_looks_in_a_row_fails_and_one_spike_is_tolerated(world):
@@ -297,7 +301,7 @@ async def test_a_requests_counter_makes_the_judge_allow_for_correlated_slots(tmp
         run = await w.run(run_id)
         assert run.canary.totals["canary"] == {"hits": 150, "trials": 3000, "units": 300}
         assert run.verdict.outcome.value in ("inconclusive", "pass")
-        assert run.looks[-1].canary["units"] == 300
+        assert (await w.looks(run_id))[-1].canary["units"] == 300
     finally:
         await w.stop()
 
@@ -306,12 +310,12 @@ async def test_the_first_look_of_a_step_waits_one_interval_after_its_baseline(wo
     run_id = await world.deploying_run()
     await world.service.reconciler.tick()  # ready: baseline taken, analyzing
     await world.service.reconciler.tick()  # same moment: nothing scraped since the baseline, so no look yet
-    assert not (await world.run(run_id)).looks
+    assert not (await world.looks(run_id))
     world.clock.advance(seconds=59)
     await world.service.reconciler.tick()
-    assert not (await world.run(run_id)).looks
+    assert not (await world.looks(run_id))
     await world.minute(*EQUAL)
-    looks = [look.to_json() for look in (await world.run(run_id)).looks]
+    looks = [look.to_json() for look in (await world.looks(run_id))]
     assert len(looks) == 1 and looks[0]["verdict"] != "no_data"
 
 
@@ -343,7 +347,7 @@ async def test_a_pod_missed_by_one_scrape_at_the_baseline_does_not_add_its_lifet
     assert (await world.run(run_id)).phase is Phase.ANALYZING
     world.source.stale.clear()
     phases = await world.until_end(run_id, *EQUAL)
-    assert phases[-1] is Phase.SUCCEEDED, (await world.run(run_id)).looks[-1:]
+    assert phases[-1] is Phase.SUCCEEDED, (await world.looks(run_id))[-1:]
     for q in world.source.queries:
         if q.startswith(("hits_total", "trials_total")):
             assert q.endswith("[5m]")  # counters are read as range selectors
@@ -392,7 +396,7 @@ async def test_a_canary_that_loses_its_pods_while_judged_is_rolled_back_and_one_
     world.rollout.canary.ready = 1  # back after one look
     run = await world.run(run_id)
     assert run.phase is Phase.ANALYZING
-    assert run.looks[-1].verdict.reason == "canary unhealthy: 0/1 pod(s) ready"
+    assert (await world.looks(run_id))[-1].verdict.reason == "canary unhealthy: 0/1 pod(s) ready"
     world.rollout.canary.ready = 0
     phases = await world.until_end(run_id, *EQUAL)
     assert phases[-1] is Phase.ROLLED_BACK
@@ -461,7 +465,7 @@ async def test_a_store_written_before_typed_state_resumes_its_run_mid_analysis(t
         assert run.phase is Phase.ANALYZING and run.image == IMAGE and run.previous_image == OLD
         assert run.canary is not None and run.canary.step == 1 and run.canary.stage is CanaryStage.JUDGING
         assert run.canary.carried == pytest.approx(-1.0226) and run.canary.tallies["hits"]["canary"].last
-        assert len(run.looks) == 4 and run.looks[-1].verdict.outcome.value == "inconclusive"
+        assert len(await w.looks(run.id)) == 4 and (await w.looks(run.id))[-1].verdict.outcome.value == "inconclusive"
         assert run.attempts.count == 1 and run.stages == (Stage("train", "success", ""),) and run.pause is None
         audit = await w.store.run_audit(run.id)
         assert [(a.action, a.by, a.reason) for a in audit] == [("pause", "sre", "looking at a dashboard"),
@@ -469,7 +473,7 @@ async def test_a_store_written_before_typed_state_resumes_its_run_mid_analysis(t
         phases = await w.until_end(run.id, *EQUAL)
         assert phases == [Phase.ANALYZING, Phase.PROMOTING, Phase.SUCCEEDED]
         done = await w.run(run.id)
-        assert done.looks[4].step == 2 and done.looks[4].canary["trials"] == 1000  # counted from the old baseline
+        assert (await w.looks(run.id))[4].step == 2 and (await w.looks(run.id))[4].canary["trials"] == 1000  # counted from the old baseline
         assert w.rollout.stable.image == IMAGE
     finally:
         await w.stop()

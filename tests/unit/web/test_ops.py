@@ -58,7 +58,7 @@ class Env:
         assert r.status == 200
         return (await r.json())["alerts"][0]
 
-    async def put_run(self, run_id, phase, model="recsys", **fields):
+    async def put_run(self, run_id, phase, model="recsys", looks=(), **fields):
         """A run in any phase, as if it had got there (for phases the fakes here do not reach on their own);
         `fields` are the run's typed fields (verdict, stages, pause, ...)."""
         now = datetime.now(timezone.utc)
@@ -67,6 +67,8 @@ class Env:
                   deadline_at=None if ended else now + timedelta(hours=2), reasons=("precision_drop",),
                   image=IMAGE, cause="test", **fields)  # fmt: skip
         await self.store.create_run(run, Transition(run_id, now, None, phase, "test"))
+        for look in looks:  # the canary's looks, kept beside the run
+            await self.store.update_run(run, look)
 
 
 async def make_env(aiohttp_client, tmp_path, env=None):

@@ -153,8 +153,7 @@ async def test_chart_from_a_real_canary_analysis(tmp_path):
             run_id = await world.deploying_run()
             await world.service.reconciler.tick()
             await world.until_end(run_id, *counts)
-            run = await world.run(run_id)
-            c = chart([look.to_json() for look in run.looks], 0.05, 0.05)
+            c = chart([look.to_json() for look in await world.looks(run_id)], 0.05, 0.05)
             assert c is not None and c["marks"][-1]["verdict"] == last
             assert all(re.fullmatch(r"[\d.]+,[\d.]+", p) for p in c["canary"].split())
         finally:
