@@ -443,7 +443,7 @@ async def test_an_api_server_that_never_answers_times_out(
 
 
 # ---- the controller's canary loop on the real API server ----------------------------------------------------
-# The loop of tests/unit/service/test_rollouts.py (fake clock, counters the test serves), with this adapter under the
+# The loop of tests/unit/service/test_canary.py (fake clock, counters the test serves), with this adapter under the
 # controller's own token instead of the fake rollout. The admin plays the kubelet by patching /status.
 
 
@@ -454,8 +454,8 @@ def kubelet(admin: Any, *names: str, unready: tuple[str, ...] = ()) -> None:
         kube.set_deployment_status(admin, NS, name, ready=0)
 
 
-async def canary_world(tmp_path: Path, make_rollout: Make):  # noqa: ANN201 - tests.unit.service.test_rollouts.CanaryWorld
-    from tests.unit.service.test_rollouts import CanaryWorld
+async def canary_world(tmp_path: Path, make_rollout: Make):  # noqa: ANN201 - tests.unit.service.test_canary.CanaryWorld
+    from tests.unit.service.test_canary import CanaryWorld
 
     w = CanaryWorld(tmp_path)
     w.rollout = make_rollout()
@@ -480,7 +480,7 @@ async def drive(w: Any, admin: Any, run_id: str, traffic: Any, ready: tuple[str,
 
 async def test_the_controller_promotes_a_good_canary(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
     from controller.core.runs import Phase
-    from tests.unit.service.test_rollouts import EQUAL, IMAGE
+    from tests.unit.service.test_canary import EQUAL, IMAGE
 
     w = await canary_world(tmp_path, make_rollout)
     try:
@@ -495,7 +495,7 @@ async def test_the_controller_promotes_a_good_canary(model: Any, make_rollout: M
 
 async def test_the_controller_rolls_back_a_worse_canary(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
     from controller.core.runs import Phase
-    from tests.unit.service.test_rollouts import IMAGE, WORSE
+    from tests.unit.service.test_canary import IMAGE, WORSE
 
     w = await canary_world(tmp_path, make_rollout)
     try:
@@ -514,7 +514,7 @@ async def test_the_controller_rolls_back_a_worse_canary(model: Any, make_rollout
 
 async def test_a_canary_that_never_gets_ready_is_rolled_back(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
     from controller.core.runs import Phase
-    from tests.unit.service.test_rollouts import EQUAL
+    from tests.unit.service.test_canary import EQUAL
 
     w = await canary_world(tmp_path, make_rollout)
     try:
@@ -530,7 +530,7 @@ async def test_a_canary_that_never_gets_ready_is_rolled_back(model: Any, make_ro
 
 async def test_a_restart_mid_analysis_resumes_the_same_step(model: Any, make_rollout: Make, admin: Any, tmp_path: Path) -> None:
     from controller.core.runs import Phase
-    from tests.unit.service.test_rollouts import EQUAL, IMAGE
+    from tests.unit.service.test_canary import EQUAL, IMAGE
 
     w = await canary_world(tmp_path, make_rollout)
     try:

@@ -18,7 +18,7 @@ from controller.core.state import Pause
 from tests.conftest import SECRETS_ENV, TOKEN, write_config
 from tests.fakes.runner import ScriptedRunner
 from tests.unit.payloads import am_alert, notification
-from tests.unit.service.test_rollouts import CanaryWorld
+from tests.unit.service.test_canary import CanaryWorld
 
 ADMIN = SECRETS_ENV["RETRAIN_CONTROLLER_ADMIN_TOKEN"]
 IMAGE = "registry.example/ml/recsys@sha256:" + "0f" * 32

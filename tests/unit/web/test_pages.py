@@ -10,7 +10,7 @@ from controller.core.runs import Phase
 from controller.core.state import CanaryStage, CanaryState, Look, Stage
 from controller.web.pages import chart
 from tests.conftest import SECRETS_ENV
-from tests.unit.service.test_rollouts import EQUAL, WORSE, CanaryWorld
+from tests.unit.service.test_canary import EQUAL, WORSE, CanaryWorld
 from tests.unit.web.test_ops import AUTH, make_env
 
 ALL_SECRETS = {

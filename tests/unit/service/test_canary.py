@@ -1,4 +1,4 @@
-"""The canary loop driven tick by tick: fake clock, fake rollout, counters the test serves, real SQLite store."""
+"""The canary room driven tick by tick: fake clock, fake rollout, counters the test serves, real SQLite store."""
 
 from __future__ import annotations
 
