@@ -81,11 +81,6 @@ def after_look(
     return AfterLook(Next.ADVANCE, f"step {step + 1} done, canary to {nxt.weight}%: {reason}", 0)
 
 
-def due(last_look_at: float | None, now: float, interval: timedelta) -> bool:
-    """Whether it is time for the next look (timestamps in seconds)."""
-    return last_look_at is None or now - last_look_at >= interval.total_seconds()
-
-
 # Counters are read as range selectors, each series' latest sample in this window: an instant query leaves out a
 # pod whose last scrape failed (Prometheus marks its series stale), and a baseline missing a pod would later count
 # that pod's whole lifetime as the step's traffic. Five minutes, like Prometheus's default lookback.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from controller.core.canary import CanaryPlan, Next, Step, after_look, canary_replicas, due
+from controller.core.assess import begin, due
+from controller.core.canary import CanaryPlan, Next, Step, after_look, canary_replicas
 from controller.core.judge import Outcome
 
 PLAN = CanaryPlan(
@@ -46,4 +48,8 @@ def test_canary_replicas(weight, total, replicas):
 
 
 def test_due():
-    assert due(None, 100.0, M) and due(40.0, 100.0, M) and not due(41.0, 100.0, M)
+    t0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+    fresh = begin(t0)
+    looked = replace(fresh, last_look_at=t0)
+    assert due(fresh, t0, M)  # never looked
+    assert due(looked, t0 + M, M) and not due(looked, t0 + M - timedelta(seconds=1), M)
