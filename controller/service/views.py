@@ -134,6 +134,7 @@ class Views:
                 "paused": {"by": control.by, "since": _ts(control.at), "reason": control.reason}
                 if control is not None and control.paused else None,
                 "stable_image": stable,
+                "retrain_only": name not in self.specs,  # no canary: the image is the outcome, nothing is deployed
                 "last_outcome": {"run_id": last.id, "phase": last.phase.value, "cause": last.cause,
                                  "ended_at": _ts(last.ended_at)} if last else None,
                 "audit": [{"at": _ts(a.at), "action": a.action, "by": a.by, "reason": a.reason, "changed": a.changed,

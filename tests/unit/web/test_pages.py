@@ -56,6 +56,9 @@ async def test_status_page_shows_models_runs_queue_and_decisions(aiohttp_client,
     assert "held:" not in html  # search is paused, but an operator asked for this run
     assert "RecsysPrecisionAtKDrop" in html and "started run" in html
     assert "registry.example/ml/recsys@sha256:" in html  # search's stable image, from its succeeded run
+    assert html.count("retrain-only: latest image") == 2  # neither test model has a canary: nothing was deployed
+    models = (await (await env.client.get("/api/v1/models")).json())["models"]
+    assert [m["retrain_only"] for m in models] == [True, True]
     assert " UTC" in html and re.search(r"\d+[smhd] ago|just now", html)
 
 
