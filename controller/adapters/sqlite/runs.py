@@ -73,14 +73,7 @@ class RunFaces(Connection):
     # ---- reads ----------------------------------------------------------------------------------------------
 
     async def list_runs(self, limit: int, model: str | None = None, phase: str | None = None) -> list[Run]:
-        where, params = [], []
-        if model:
-            where.append("model = ?")
-            params.append(model)
-        if phase:
-            where.append("phase = ?")
-            params.append(phase)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _where(model=model, phase=phase)
         rows = await self._call(self._query, f"SELECT * FROM runs {clause} ORDER BY seq DESC LIMIT ?", (*params, limit))
         return [run_from_row(r) for r in rows]
 
@@ -100,14 +93,7 @@ class RunFaces(Connection):
     async def list_decisions(
         self, limit: int, model: str | None = None, run_id: str | None = None
     ) -> list[dict[str, object]]:
-        where, params = [], []
-        if model:
-            where.append("model = ?")
-            params.append(model)
-        if run_id:
-            where.append("run_id = ?")
-            params.append(run_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _where(model=model, run_id=run_id)
         rows = await self._call(
             self._query,
             "SELECT id, notification_id, received_at, episode, fingerprint, alertname, status, starts_at, labels,"
@@ -151,3 +137,10 @@ class RunFaces(Connection):
             return n
 
         return await self._call(self._tx, body)
+
+
+def _where(**filters: str | None) -> tuple[str, list[str]]:
+    """A WHERE clause for the filters that are set (column names are ours, values are bound)."""
+    columns = [name for name, value in filters.items() if value]
+    clause = f"WHERE {' AND '.join(f'{c} = ?' for c in columns)}" if columns else ""
+    return clause, [str(filters[c]) for c in columns]
